@@ -1,0 +1,146 @@
+"""The storage adapter contract (DESIGN.md §3) and the registry that opens one from a URI.
+
+Every concern (state, history, actions, memory) goes through `Store`. Keys are
+relative POSIX paths (`swarms/<id>/nodes/root.json`); backends map them under
+their own root. Cloud SDKs are imported only by the backend that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from abc import ABC, abstractmethod
+from importlib.metadata import entry_points
+
+_KEY = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+
+
+class StoreError(Exception):
+    """A storage operation failed; the message names the store and the key."""
+
+
+class KeyNotFound(StoreError, KeyError):
+    """`read`/`version`/`delete` of a key that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0] if self.args else "key not found"
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the store's root (`..`, absolute, empty segments)."""
+    if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+        raise StoreError(f"invalid storage key {key!r}")
+    return key
+
+
+class Store(ABC):
+    """One small interface for every backend.
+
+    `create` and `swap` are the only conditional writes the engine needs: exactly
+    one concurrent `create` of a key returns True, and `swap` replaces an object
+    only while its version is still `expected_version`.
+    """
+
+    uri: str = ""
+
+    @abstractmethod
+    def read(self, key: str) -> bytes:
+        """Return the object's bytes; raise KeyNotFound if absent."""
+
+    @abstractmethod
+    def write(self, key: str, data: bytes) -> None:
+        """Create or replace the object atomically (readers never see a torn write)."""
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Write only if absent. True for exactly one of any concurrent callers."""
+
+    @abstractmethod
+    def swap(self, key: str, data: bytes, expected_version: str) -> bool:
+        """Replace the object only if its version is `expected_version`; False otherwise."""
+
+    @abstractmethod
+    def version(self, key: str) -> str:
+        """An opaque token that changes on every write; raise KeyNotFound if absent."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Every key under `prefix` (a folder-like prefix ending in '/'), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; raise KeyNotFound if absent."""
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """Bytes and version read together; backends override it to make it one call."""
+        while True:
+            ver = self.version(key)
+            data = self.read(key)
+            if self.version(key) == ver:
+                return data, ver
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.version(key)
+            return True
+        except KeyNotFound:
+            return False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.uri}>"
+
+
+# scheme -> "module:Class"; the module is imported only when the scheme is used.
+BACKENDS: dict[str, str] = {
+    "file": "backends.local:FileStore",
+    "memory": "backends.memory:MemoryStore",
+    "gs": "backends.gcs:GCSStore",
+    "gcs": "backends.gcs:GCSStore",
+    "az": "backends.azure:AzureStore",
+    "azure": "backends.azure:AzureStore",
+    "s3": "backends.s3:S3Store",
+    "firestore": "backends.firestore:FirestoreStore",
+}
+
+
+def _load(path: str) -> type[Store]:
+    module, _, name = path.partition(":") if ":" in path else path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise StoreError(f"cannot load storage adapter {path!r}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Store)):
+        raise StoreError(f"storage adapter {path!r} is not a swarm_core.store.Store subclass")
+    return cls
+
+
+def open_store(spec: str) -> Store:
+    """Open a store from a URI (`file://./.swarm`, `memory://name`, `gs://bucket/prefix`, ...),
+    a short backend name (`memory`), or a dotted path `pkg.module:Class` / `pkg.module.Class`
+    of a user's own adapter (given the rest of the URI after `?`, if any).
+
+    Entry points in the `swarm_core.backends` group add schemes: `myfs = mypkg.store:MyStore`.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise StoreError("empty storage URI")
+    scheme, sep, rest = spec.partition("://")
+    if not sep:
+        if spec in BACKENDS:  # a short name: default location for that backend
+            scheme, rest = spec, ""
+        elif "." in spec or ":" in spec:
+            path, _, arg = spec.partition("?")
+            return _load(path)(arg)
+        else:
+            raise StoreError(f"unknown storage {spec!r}: use a URI like file://PATH or memory://NAME")
+    target = BACKENDS.get(scheme)
+    if target is None:
+        for ep in entry_points(group="swarm_core.backends"):
+            if ep.name == scheme:
+                target = ep.value
+                break
+    if target is None:
+        raise StoreError(
+            f"unknown storage scheme {scheme!r} in {spec!r}; known: {', '.join(sorted(BACKENDS))}"
+        )
+    return _load(target)(rest)
