@@ -1,0 +1,354 @@
+"""Actions: what a node does. Specs are data (blueprints/<name>/actions/<id>/), handlers are
+small functions from a `NodeContext` to an `Outcome`.
+
+An `llm` action renders its prompt, asks the model for its output schema (one call),
+and passes the answer to its handler; a `builtin` action is a dotted-path function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .llm import LLMSession
+from .models import AskUser, ChildReport, Fail, NodeBlueprint, NodeRecord, Outcome, Result, Spawn, SwarmHeader, child_id
+
+ROOT_FOLDER = "root"
+SUPERVISOR = "supervise"
+ROUTER = "route"
+_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class ActionError(Exception):
+    """An action spec is invalid or unknown."""
+
+
+class FolderSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["folder"] = "folder"
+    id: str
+    name: str
+    description: str
+    parent: str | None = ROOT_FOLDER
+
+
+class ActionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["action"] = "action"
+    id: str
+    name: str
+    description: str
+    type: Literal["llm", "builtin", "python"] = "llm"
+    role: Literal["worker", "manager", "router", "supervisor"] = "worker"
+    language: str = "text"
+    input_schema: dict[str, Any] = Field(default_factory=dict)
+    output_schema: dict[str, Any] = Field(default_factory=dict)
+    dependencies: list[str] = Field(default_factory=list)
+    entry: str = ""
+    handler: str = "swarm_core.actions:report"
+    version: int = 1
+    tests: list[dict[str, Any]] = Field(default_factory=list)
+    parent: str | None = ROOT_FOLDER
+    prompt: str = ""
+
+    @property
+    def routable(self) -> bool:
+        return self.role in ("worker", "manager")
+
+
+Entry = ActionSpec | FolderSpec
+
+
+class ActionSpace:
+    """A flat map id -> entry; folders give it its hierarchy for the router."""
+
+    def __init__(self, entries: dict[str, Entry]):
+        self.entries = entries
+
+    @classmethod
+    def from_dir(cls, actions_dir: Path) -> ActionSpace:
+        return cls(dict(_load_dir(str(actions_dir))))
+
+    def get(self, action_id: str) -> ActionSpec:
+        entry = self.entries.get(action_id)
+        if not isinstance(entry, ActionSpec):
+            raise ActionError(f"unknown action {action_id!r}")
+        return entry
+
+    def children(self, folder: str, *, managers: bool = True) -> list[Entry]:
+        out = []
+        for e in self.entries.values():
+            if e.parent != folder:
+                continue
+            if isinstance(e, ActionSpec) and (not e.routable or (e.role == "manager" and not managers)):
+                continue
+            out.append(e)
+        return sorted(out, key=lambda e: e.id)
+
+
+@lru_cache(maxsize=8)
+def _load_dir(actions_dir: str) -> tuple[tuple[str, Entry], ...]:
+    """Read every `<id>/action.toml` (+ prompt.md, *.schema.json) and `folders.toml`."""
+    root = Path(actions_dir)
+    entries: dict[str, Entry] = {}
+    folders = root / "folders.toml"
+    if folders.exists():
+        for fid, raw in tomllib.loads(folders.read_text()).items():
+            entries[fid] = FolderSpec(id=fid, **raw)
+    for spec_file in sorted(root.glob("*/action.toml")):
+        folder = spec_file.parent
+        try:
+            raw = tomllib.loads(spec_file.read_text())
+            for part in ("input", "output"):
+                schema_file = folder / f"{part}.schema.json"
+                if schema_file.exists():
+                    raw[f"{part}_schema"] = json.loads(schema_file.read_text())
+            if (folder / "prompt.md").exists():
+                raw["prompt"] = (folder / "prompt.md").read_text()
+            spec = ActionSpec(id=folder.name, **raw)
+        except Exception as exc:
+            raise ActionError(f"action {spec_file}: {exc}") from None
+        if not _ID.match(spec.id):
+            raise ActionError(f"action {spec_file}: id {spec.id!r} must match {_ID.pattern}")
+        entries[spec.id] = spec
+    return tuple(entries.items())
+
+
+def render(template: str, variables: dict[str, Any]) -> str:
+    """Fill `{{name}}` placeholders; unknown names become empty strings."""
+
+    def value(m: re.Match) -> str:
+        v = variables.get(m.group(1), "")
+        return v if isinstance(v, str) else json.dumps(v, indent=1, ensure_ascii=False)
+
+    return re.sub(r"\{\{\s*([a-z_]+)\s*\}\}", value, template)
+
+
+def _clip(text: str, limit: int = 4000) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more chars]"
+
+
+def summarize(reports: list[ChildReport], limit: int = 4000) -> str:
+    """Reports as prompt text, each clipped so a wide fan-out stays within the context."""
+    lines = []
+    for r in reports:
+        body = r.report if r.status == "done" else f"FAILED: {r.error}"
+        lines.append(f"### {r.node_id} ({r.action}, {r.status})\n{_clip(body or '', limit)}")
+    return "\n\n".join(lines) or "(none)"
+
+
+@dataclass
+class NodeContext:
+    """Everything an action may use. Actions never touch storage or the dispatcher directly."""
+
+    swarm: SwarmHeader
+    record: NodeRecord
+    action: ActionSpec
+    space: ActionSpace
+    llm: LLMSession
+    system_prompt: str = ""
+    router_fallback: str = "write_text"
+    child_reports: list[ChildReport] | None = None  # set when resumed after a join
+    previous_reports: list[ChildReport] = field(default_factory=list)  # earlier sequential steps
+    read_join: Callable[[str, int], list[ChildReport]] = lambda node, rnd: []
+
+    @property
+    def blueprint(self) -> NodeBlueprint:
+        return self.record.blueprint
+
+    @property
+    def input(self) -> dict[str, Any]:
+        return self.blueprint.input
+
+    @property
+    def task(self) -> str:
+        return str(self.input.get("task") or self.swarm.goal)
+
+    @property
+    def memo(self) -> dict[str, Any]:
+        return self.record.memo
+
+    @property
+    def answer(self) -> str | None:
+        return self.record.answer
+
+    def variables(self, **extra: Any) -> dict[str, Any]:
+        base = {
+            "goal": self.swarm.goal,
+            "task": self.task,
+            "context": summarize(self.previous_reports) if self.previous_reports else "",
+            "answer": f"The user answered your question ({self.record.question}): {self.answer}" if self.answer else "",
+            "question": self.record.question or "",
+            "depth": self.blueprint.depth,
+            "max_depth": self.swarm.budgets.max_depth,
+        }
+        base.update({k: v for k, v in self.input.items() if k not in base})
+        base.update(extra)
+        return base
+
+    def ask(self, schema: dict | None = None, schema_name: str | None = None, prompt: str | None = None, **extra) -> dict:
+        """One structured LLM call with this action's prompt and output schema (or the ones given)."""
+        messages = []
+        system = "\n\n".join(p for p in (self.system_prompt, self.action.description) if p)
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": render(prompt or self.action.prompt, self.variables(**extra))})
+        return self.llm.ask(messages, schema_name or self.action.id, schema or self.action.output_schema)
+
+    def child(self, index: int, action: str, input: dict[str, Any], *, same_depth: bool = False) -> NodeBlueprint:
+        bp = self.blueprint
+        return NodeBlueprint(
+            node_id=child_id(bp.node_id, bp.round, index),
+            parent_id=bp.node_id,
+            action=action,
+            input=input,
+            depth=bp.depth + (0 if same_depth else 1),
+        )
+
+
+Handler = Callable[[NodeContext], Outcome]
+
+
+def load_handler(path: str) -> Handler:
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ActionError(f"cannot load action handler {path!r}: {exc}") from None
+
+
+def run_action(ctx: NodeContext) -> Outcome:
+    """The fixed logic around one action: resume rules first, then the action's handler."""
+    if ctx.child_reports is not None and ctx.action.role != "manager":
+        return combine(ctx.child_reports)
+    return load_handler(ctx.action.handler)(ctx)
+
+
+def combine(reports: list[ChildReport]) -> Outcome:
+    """A non-manager that delegated finishes with what its children reported."""
+    done = [r for r in reports if r.status == "done"]
+    if not done:
+        return Fail("; ".join(f"{r.node_id}: {r.error}" for r in reports) or "no child finished")
+    if len(done) == 1:
+        return Result(report=done[0].report, data=done[0].data)
+    return Result(report=summarize(done, limit=100_000))
+
+
+# --- built-in handlers --------------------------------------------------------
+
+
+def report(ctx: NodeContext) -> Outcome:
+    """Default for llm actions: the answer's `report` (or `text`) is the node's result;
+    a non-empty `question` (before the user answered) asks the user instead."""
+    out = ctx.ask()
+    if out.get("question") and not ctx.answer:
+        return AskUser(question=out["question"])
+    text = out.get("report") or out.get("text")
+    if text is None:
+        text = json.dumps(out, ensure_ascii=False)
+    return Result(report=str(text), data=out)
+
+
+def manage(ctx: NodeContext) -> Outcome:
+    """A manager: plan → children → supervisor → done, or plan again within `max_rounds`."""
+    reports, memo = ctx.child_reports, ctx.memo
+    if reports is None:
+        return _plan(ctx)
+    if memo.get("phase") == "supervise":
+        verdict = reports[0]
+        if verdict.status != "done" or not verdict.data:
+            return Fail(f"the supervisor failed: {verdict.error}")
+        if verdict.data.get("done"):
+            return Result(report=verdict.report, data={"rounds": memo.get("plan_round", 1)})
+        feedback = verdict.data.get("feedback") or "the goal is not met yet"
+        if memo.get("plan_round", 1) >= ctx.swarm.budgets.max_rounds:
+            return Fail(
+                f"budget max_rounds={ctx.swarm.budgets.max_rounds} reached and the supervisor "
+                f"says the goal is not met: {feedback}"
+            )
+        return _plan(ctx, feedback=feedback)
+    memo["phase"] = "supervise"
+    memo["work_round"] = ctx.blueprint.round - 1
+    return Spawn(
+        children=[
+            ctx.child(0, SUPERVISOR, {"task": ctx.task, "reports_of": [ctx.blueprint.node_id, ctx.blueprint.round - 1]})
+        ]
+    )
+
+
+def _plan(ctx: NodeContext, feedback: str = "") -> Outcome:
+    memo = ctx.memo
+    can_delegate = ctx.blueprint.depth + 1 < ctx.swarm.budgets.max_depth
+    options = [e for e in ctx.space.entries.values() if isinstance(e, ActionSpec) and e.routable]
+    if not can_delegate:
+        options = [e for e in options if e.role != "manager"]
+    earlier = ""
+    if feedback and "work_round" in memo:
+        earlier = summarize(ctx.read_join(ctx.blueprint.node_id, memo["work_round"]), limit=1500)
+    out = ctx.ask(
+        actions="\n".join(f"- {e.id}: {e.description}" for e in sorted(options, key=lambda e: e.id)),
+        feedback=f"A supervisor reviewed the previous attempt and said: {feedback}" if feedback else "",
+        earlier=f"Results of the previous attempt:\n{earlier}" if earlier else "",
+    )
+    if out.get("question") and not ctx.answer:
+        return AskUser(question=out["question"])
+    allowed = {e.id for e in options}
+    children = []
+    for i, sub in enumerate(out["subtasks"]):
+        action = sub.get("action") if sub.get("action") in allowed else ROUTER
+        children.append(ctx.child(i, action, {"task": sub["task"]}))
+    memo["phase"] = "work"
+    memo["plan_round"] = memo.get("plan_round", 0) + 1
+    return Spawn(children=children, mode=out.get("mode") or "parallel")
+
+
+def supervise(ctx: NodeContext) -> Outcome:
+    node, rnd = ctx.input["reports_of"]
+    out = ctx.ask(reports=summarize(ctx.read_join(node, rnd)))
+    return Result(report=out["report"], data=out)
+
+
+def route(ctx: NodeContext) -> Outcome:
+    """Walk the action space one folder at a time: O(depth) small calls, not one huge prompt."""
+    managers = ctx.blueprint.depth + 1 < ctx.swarm.budgets.max_depth
+    folder, chosen = ROOT_FOLDER, None
+    while chosen is None:
+        options = ctx.space.children(folder, managers=managers)
+        if not options:
+            break
+        schema = {
+            "type": "object",
+            "properties": {
+                "choice": {"type": "string", "enum": [e.id for e in options] + ["none"]},
+                "reason": {"type": "string", "maxLength": 300},
+            },
+            "required": ["choice", "reason"],
+            "additionalProperties": False,
+        }
+        listing = "\n".join(f"- {e.id} ({e.kind}): {e.description}" for e in options)
+        pick = ctx.ask(schema=schema, schema_name="route", options=listing)["choice"]
+        if pick == "none":
+            break
+        entry = ctx.space.entries[pick]
+        if isinstance(entry, FolderSpec):
+            folder = entry.id
+        else:
+            chosen = entry
+    action = chosen.id if chosen else ctx.router_fallback
+    # Routing is bookkeeping, not a level of the task tree: the chosen action keeps this depth.
+    return Spawn(children=[ctx.child(0, action, dict(ctx.input), same_depth=True)], mode="sequential")
+
+
+def write_python(ctx: NodeContext) -> Outcome:
+    out = ctx.ask()
+    code = out["code"]
+    report_text = f"{out.get('explanation', '').strip()}\n\n```python\n{code.strip()}\n```".strip()
+    return Result(report=report_text, data=out)

@@ -1,0 +1,367 @@
+"""`swarm`: run goals and inspect swarms from a terminal or a script.
+
+Exit codes: 0 swarm done (or command succeeded), 1 swarm failed or incomplete, 2 bad usage or
+unknown id, 3 swarm waiting for a user's answer. `--json` prints exactly one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.tree import Tree
+
+from .config import ConfigError
+from .engine import CorruptRecord, Engine, SwarmError, check_goal
+from .models import InvalidId, NodeRecord
+from .runtime import build_engine, llm_source_for
+from .store import StoreError
+
+EXIT = {"done": 0, "failed": 1, "running": 1, "waiting_user": 3}
+STYLE = {
+    "pending": ("·", "dim"),
+    "running": ("▶", "yellow"),
+    "waiting_children": ("…", "cyan"),
+    "waiting_user": ("?", "magenta"),
+    "done": ("✓", "green"),
+    "failed": ("✗", "red"),
+    "cancelled": ("-", "dim"),
+}
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        err.print("interrupted; finish the swarm later with `swarm resume ID`")
+        return 130
+    except (UsageError, SwarmError, InvalidId, ConfigError) as exc:
+        code = 1 if isinstance(exc, CorruptRecord) else 2
+        return _fail(args, str(exc), code)
+    except StoreError as exc:
+        return _fail(args, f"storage: {exc}", 1)
+
+
+def _fail(args, message: str, code: int) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "exit_code": code}))
+    print(f"swarm: error: {message}", file=sys.stderr)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    def options(suppress: bool) -> argparse.ArgumentParser:
+        # Accepted before and after the command; the command's copy must not reset the other's value.
+        p = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS if suppress else None)
+        p.add_argument("--store", help="storage URI (default: $SWARM_STORE or the blueprint's, file://./.swarm)")
+        p.add_argument("--blueprint", help="blueprint folder or file (default: $SWARM_BLUEPRINT or blueprints/default)")
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False, help="print one JSON object")
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS if suppress else False, help="log every node invocation to stderr")
+        return p
+
+    common = options(suppress=True)
+    parser = argparse.ArgumentParser(prog="swarm", description=__doc__.split("\n")[0], parents=[options(suppress=False)])
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    def cmd(name, func, help, *arguments):
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        for spec in arguments:
+            p.add_argument(*spec[0], **spec[1])
+        p.set_defaults(func=func)
+        return p
+
+    swarm_id = (["swarm_id"], {"metavar": "ID", "help": "swarm id (sw_…)"})
+    cmd(
+        "run",
+        cmd_run,
+        "run a goal to the end, showing the tree live",
+        (["goal"], {"help": "what the swarm should achieve"}),
+        (["--budget"], {"action": "append", "default": [], "metavar": "NAME=N", "help": "override a budget, e.g. max_nodes=50"}),
+    )
+    cmd("status", cmd_status, "show a swarm's status, usage and waiting questions", swarm_id)
+    cmd("tree", cmd_tree, "show a swarm's node tree", swarm_id)
+    cmd(
+        "history",
+        cmd_history,
+        "list a swarm's events (append-only history)",
+        swarm_id,
+        (["--llm"], {"action": "store_true", "help": "include LLM requests and answers"}),
+    )
+    cmd("resume", cmd_resume, "finish a swarm whose process died (re-delivers what was in flight)", swarm_id)
+    cmd("replay", cmd_replay, "re-run a swarm offline from its recorded LLM answers (zero API calls)", swarm_id)
+    cmd(
+        "snapshot",
+        cmd_snapshot,
+        "write the whole tree as one JSON object",
+        swarm_id,
+        (["--out"], {"metavar": "FILE", "help": "also write it to FILE"}),
+    )
+    cmd("list", cmd_list, "list swarms, newest first", (["--limit"], {"type": int, "default": 50}))
+    cmd(
+        "answer",
+        cmd_answer,
+        "answer a node's question and let its branch go on",
+        swarm_id,
+        (["node_id"], {"metavar": "NODE"}),
+        (["text"], {"metavar": "TEXT"}),
+    )
+    return parser
+
+
+def _engine(args) -> Engine:
+    return build_engine(args.blueprint, store=args.store)
+
+
+# --- rendering ---------------------------------------------------------------------
+
+
+def render_tree(nodes: list[NodeRecord], title: str) -> Tree:
+    tree = Tree(title)
+    branches: dict[str, Tree] = {}
+    for n in nodes:
+        icon, color = STYLE[n.status]
+        task = str(n.blueprint.input.get("task", ""))
+        label = f"[{color}]{icon} {n.node_id}[/] [bold]{n.blueprint.action}[/] [dim]{_short(task, 70)}[/]"
+        if n.status == "failed" and n.error:
+            label += f"\n[red]{_short(n.error, 160)}[/]"
+        elif n.status == "waiting_user":
+            label += f"\n[magenta]asks: {_short(n.question or '', 160)}[/]"
+        parent = branches.get(n.blueprint.parent_id or "", tree)
+        branches[n.node_id] = parent.add(label)
+    return tree
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _node_rows(nodes: list[NodeRecord]) -> list[dict[str, Any]]:
+    return [
+        {
+            "node_id": n.node_id,
+            "parent_id": n.blueprint.parent_id,
+            "action": n.blueprint.action,
+            "status": n.status,
+            "round": n.blueprint.round,
+            "depth": n.blueprint.depth,
+            "task": n.blueprint.input.get("task"),
+            "report": n.report,
+            "error": n.error,
+            "question": n.question,
+            "usage": n.usage.model_dump(),
+        }
+        for n in nodes
+    ]
+
+
+def _drive(engine: Engine, swarm_id: str, args, label: str = "") -> dict[str, Any]:
+    """Wait for the local dispatcher to go idle, showing the tree live on a terminal."""
+    dispatcher = engine.dispatcher
+    if args.json or not err.is_terminal:
+        seen: dict[str, str] = {}
+        while not dispatcher.wait(timeout=0.5):
+            if not args.json:
+                _print_changes(engine, swarm_id, seen)
+        if not args.json:
+            _print_changes(engine, swarm_id, seen)
+    else:
+        title = f"[bold]{swarm_id}[/] {label}"
+        with Live(render_tree(engine.nodes(swarm_id), title), console=err, refresh_per_second=4) as live:
+            while not dispatcher.wait(timeout=0.3):
+                live.update(render_tree(engine.nodes(swarm_id), title))
+            live.update(render_tree(engine.nodes(swarm_id), title))
+    return engine.status(swarm_id)
+
+
+def _print_changes(engine: Engine, swarm_id: str, seen: dict[str, str]) -> None:
+    for n in engine.nodes(swarm_id):
+        if seen.get(n.node_id) != n.status:
+            seen[n.node_id] = n.status
+            err.print(f"{n.node_id:<24} {n.blueprint.action:<16} {n.status}", markup=False, highlight=False)
+
+
+def _finish(engine: Engine, swarm_id: str, args, status: dict[str, Any], extra: dict | None = None) -> int:
+    errors = getattr(engine.dispatcher, "errors", [])
+    if status["status"] == "running" and errors:
+        status["error"] = f"{len(errors)} invocation(s) failed, first: {errors[0]}; finish with `swarm resume {swarm_id}`"
+    if args.json:
+        nodes = _node_rows(engine.nodes(swarm_id))
+        print(json.dumps({**{k: status[k] for k in ("swarm_id", "status", "report", "error", "usage", "waiting")}, "nodes": nodes, **(extra or {})}))
+    else:
+        if status["report"]:
+            out.print(Markdown(status["report"]))
+        if status["error"]:
+            err.print(f"[red]error:[/] {status['error']}", highlight=False)
+        for w in status["waiting"]:
+            err.print(f"[magenta]{w['node_id']} asks:[/] {w['question']}\n  answer with: swarm answer {swarm_id} {w['node_id']} \"…\"")
+        u = status["usage"]
+        err.print(
+            f"[dim]{swarm_id} {status['status']} · {status['nodes']} nodes · {u['llm_calls']} LLM calls · "
+            f"{u['prompt_tokens'] + u['completion_tokens']} tokens · llm: {status['llm_source']}[/]"
+        )
+    return EXIT.get(status["status"], 1)
+
+
+# --- commands ----------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    engine = _engine(args)
+    budgets = {}
+    for item in args.budget:
+        name, _, value = item.partition("=")
+        if not value.isdigit():
+            raise UsageError(f"--budget wants NAME=N, got {item!r}")
+        budgets[name.strip()] = int(value)
+    source = llm_source_for(check_goal(args.goal), engine.blueprint)
+    if source.startswith("recording:") and not args.json:
+        err.print(
+            "[yellow]No OPENAI_API_KEY / OPENAI_BASE_URL set: replaying the shipped recording of this goal "
+            "(offline, no model is called). Set a key to run it live.[/]"
+        )
+    swarm_id, _ = engine.load_goal(args.goal, budgets=budgets, llm_source=source)
+    if not args.json:
+        err.print(f"[bold]{swarm_id}[/] started · store {engine.state.uri}")
+    status = _drive(engine, swarm_id, args)
+    return _finish(engine, swarm_id, args, status)
+
+
+def cmd_status(args) -> int:
+    engine = _engine(args)
+    status = engine.status(args.swarm_id)
+    if args.json:
+        print(json.dumps(status))
+    else:
+        u = status["usage"]
+        out.print(f"[bold]{status['swarm_id']}[/] {status['status']}  {status['goal']}", highlight=False)
+        out.print(f"nodes: {status['nodes']} {status['by_status']}  llm: {status['llm_source']}", highlight=False)
+        out.print(f"usage: {u['llm_calls']} LLM calls, {u['prompt_tokens']}+{u['completion_tokens']} tokens, {u['seconds']} s", highlight=False)
+        for w in status["waiting"]:
+            out.print(f"{w['node_id']} asks: {w['question']}", highlight=False)
+        if status["error"]:
+            out.print(f"error: {status['error']}", highlight=False)
+    return EXIT.get(status["status"], 1) if status["status"] != "running" else 0
+
+
+def cmd_tree(args) -> int:
+    engine = _engine(args)
+    nodes = engine.nodes(args.swarm_id)
+    if args.json:
+        print(json.dumps({"swarm_id": args.swarm_id, "nodes": _node_rows(nodes)}))
+    else:
+        out.print(render_tree(nodes, f"[bold]{args.swarm_id}[/] {engine.header(args.swarm_id).goal}"))
+    return 0
+
+
+def cmd_history(args) -> int:
+    engine = _engine(args)
+    events = engine.events(args.swarm_id)
+    if args.json:
+        exclude = None if args.llm else {"llm_calls"}
+        print(json.dumps({"swarm_id": args.swarm_id, "events": [e.model_dump(exclude=exclude) for e in events]}))
+        return 0
+    for e in events:
+        detail = e.data.get("outcome", {}).get("kind", "") if e.kind == "outcome" else ""
+        calls = f" llm×{len(e.llm_calls)}" if e.llm_calls else ""
+        out.print(f"{e.at}  {e.node_id:<20} r{e.round} {e.kind:<10} {detail}{calls}", highlight=False, markup=False)
+        if args.llm:
+            for c in e.llm_calls:
+                out.print(f"    [{c.seq}] {c.schema_name}: {_short(c.response or c.error or '', 200)}", highlight=False, markup=False)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    engine = _engine(args)
+    before = engine.status(args.swarm_id)
+    if before["status"] in ("done", "failed"):
+        return _finish(engine, args.swarm_id, args, before)
+    sent = engine.resume(args.swarm_id)
+    if not args.json:
+        err.print(f"resumed {args.swarm_id}: {sent} deliveries")
+    return _finish(engine, args.swarm_id, args, _drive(engine, args.swarm_id, args))
+
+
+def cmd_replay(args) -> int:
+    engine = _engine(args)
+    original = engine.header(args.swarm_id)
+    if not engine.recorded_answers(args.swarm_id):
+        raise UsageError(f"swarm {args.swarm_id} has no recorded LLM answers to replay")
+    swarm_id, _ = engine.load_goal(
+        original.goal, budgets=original.budgets.model_dump(), llm_source=f"replay:{args.swarm_id}", replay_of=args.swarm_id
+    )
+    if not args.json:
+        err.print(f"[bold]{swarm_id}[/] replays {args.swarm_id} from its history (offline, no model is called)")
+    status = _drive(engine, swarm_id, args, "replay")
+    shape = lambda nodes: [(n.node_id, n.blueprint.action, n.status) for n in nodes]  # noqa: E731
+    identical = shape(engine.nodes(swarm_id)) == shape(engine.nodes(args.swarm_id))
+    if not args.json:
+        err.print(f"tree identical to {args.swarm_id}: {'yes' if identical else 'NO'}")
+    code = _finish(engine, swarm_id, args, status, {"replay_of": args.swarm_id, "identical": identical})
+    return code if identical else max(code, 1)
+
+
+def cmd_snapshot(args) -> int:
+    engine = _engine(args)
+    snap = engine.snapshot(args.swarm_id)
+    text = json.dumps(snap, indent=None if args.json else 2)
+    key = engine.key(args.swarm_id, "snapshots", f"{time.time_ns():020d}.json")
+    engine.state.create(key, text.encode())
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    if args.json:
+        print(text)
+    else:
+        err.print(f"snapshot of {len(snap['nodes'])} nodes written to {engine.state.uri}/{key}" + (f" and {args.out}" if args.out else ""))
+    return 0
+
+
+def cmd_list(args) -> int:
+    engine = _engine(args)
+    rows = []
+    for sid in engine.swarm_ids()[: args.limit]:
+        try:
+            h = engine.header(sid)
+            rows.append({"swarm_id": sid, "status": h.status, "goal": h.goal, "created_at": h.created_at, "llm_source": h.llm_source})
+        except SwarmError as exc:
+            rows.append({"swarm_id": sid, "status": "unreadable", "goal": str(exc), "created_at": None, "llm_source": None})
+    if args.json:
+        print(json.dumps({"swarms": rows}))
+    else:
+        for r in rows:
+            out.print(f"{r['swarm_id']}  {r['status']:<10} {r['created_at'] or '':<30} {_short(r['goal'], 70)}", highlight=False, markup=False)
+        if not rows:
+            err.print(f"no swarms in {engine.state.uri}")
+    return 0
+
+
+def cmd_answer(args) -> int:
+    engine = _engine(args)
+    engine.answer(args.swarm_id, args.node_id, args.text)
+    if not args.json:
+        err.print(f"answered {args.node_id}; continuing {args.swarm_id}")
+    return _finish(engine, args.swarm_id, args, _drive(engine, args.swarm_id, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

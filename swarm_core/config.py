@@ -1,0 +1,92 @@
+"""The swarm blueprint: the configuration one deployment runs with, read from a TOML file.
+
+Resolution: `--blueprint` / `SWARM_BLUEPRINT` (a folder holding `blueprint.toml`, or
+the file itself), else `blueprints/default`. `SWARM_STORE` and `SWARM_MODEL` override
+the file so the same blueprint runs against any store or model.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .llm import LLMSettings
+from .models import Budgets
+
+BLUEPRINTS_DIR = Path(__file__).resolve().parent.parent / "blueprints"
+DEFAULT_BLUEPRINT = BLUEPRINTS_DIR / "default"
+
+
+class ConfigError(ValueError):
+    """The blueprint or an environment override is wrong; the message says which and where."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSettings(_Section):
+    """One store per concern; the empty ones default to `state`."""
+
+    state: str = "file://./.swarm"
+    history: str = ""
+    actions: str = ""
+    memory: str = ""
+
+    def for_concern(self, concern: str) -> str:
+        return getattr(self, concern) or self.state
+
+
+class DispatcherSettings(_Section):
+    kind: Literal["local", "http", "cloud_tasks", "pubsub", "azure_queue"] = "local"
+    concurrency: int = Field(16, ge=1, le=4096)
+    lease_seconds: float = Field(900, gt=0)
+    url: str = ""
+
+
+class RouterSettings(_Section):
+    fallback: str = "write_text"
+
+
+class SwarmBlueprint(_Section):
+    name: str = "default"
+    root: Path = DEFAULT_BLUEPRINT
+    system_prompt: str = ""
+    stores: StoreSettings = Field(default_factory=StoreSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    budgets: Budgets = Field(default_factory=Budgets)
+    dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    recording: str = ""
+
+    @property
+    def actions_dir(self) -> Path:
+        return self.root / "actions"
+
+
+def load_blueprint(path: str | os.PathLike | None = None) -> SwarmBlueprint:
+    target = Path(path or os.environ.get("SWARM_BLUEPRINT") or DEFAULT_BLUEPRINT)
+    if not target.is_absolute() and not target.exists() and (BLUEPRINTS_DIR / target).exists():
+        target = BLUEPRINTS_DIR / target  # a bare name: `--blueprint default`
+    file = target / "blueprint.toml" if target.is_dir() else target
+    try:
+        raw = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"blueprint not found: {file}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"blueprint {file} is not valid TOML: {exc}") from None
+    raw.setdefault("root", str(file.parent))
+    if os.environ.get("SWARM_STORE"):
+        raw.setdefault("stores", {})["state"] = os.environ["SWARM_STORE"]
+    if os.environ.get("SWARM_MODEL"):
+        raw.setdefault("llm", {})["model"] = os.environ["SWARM_MODEL"]
+    if os.environ.get("SWARM_LLM_MODE"):
+        raw.setdefault("llm", {})["mode"] = os.environ["SWARM_LLM_MODE"]
+    try:
+        return SwarmBlueprint.model_validate(raw)
+    except Exception as exc:  # pydantic's message names the field
+        raise ConfigError(f"blueprint {file}: {exc}") from None

@@ -1,0 +1,605 @@
+"""The lifecycle of DESIGN.md §2: load_goal → execute_node → spawn | terminate → join → resume.
+
+The engine keeps no swarm state in memory: every call reads what it needs from the
+stores and leaves everything it learned there, so any invocation may run in a fresh
+process. Idempotency comes from three conditional writes:
+  - a node is claimed by compare-and-swap on its record (pending → running);
+  - children, join markers and events are created only if absent;
+  - a parent's resume is claimed with create-if-absent on `joins/<parent>/<round>/resumed`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .actions import ActionError, ActionSpace, NodeContext, run_action
+from .config import SwarmBlueprint
+from .dispatch import Dispatcher, LocalDispatcher
+from .llm import BudgetExceeded, LLMError, LLMSession, OpenAITransport, RecordedTransport, Transport
+from .models import (
+    ROOT_ID,
+    TERMINAL,
+    AskUser,
+    Budgets,
+    ChildReport,
+    Counters,
+    Event,
+    Fail,
+    JoinSlot,
+    NodeBlueprint,
+    NodeRecord,
+    Result,
+    Spawn,
+    SwarmHeader,
+    check_node_id,
+    check_swarm_id,
+    child_id,
+    new_swarm_id,
+    now,
+)
+from .store import KeyNotFound, Store, StoreError, open_store
+
+log = logging.getLogger("swarm")
+M = TypeVar("M", bound=BaseModel)
+MAX_GOAL_CHARS = 20_000
+
+
+class SwarmError(Exception):
+    """A request the engine refuses; `code` maps to the HTTP status and the CLI exit code."""
+
+    code = 400
+
+
+class UnknownSwarm(SwarmError):
+    code = 404
+
+
+class UnknownNode(SwarmError):
+    code = 404
+
+
+class NotWaiting(SwarmError):
+    code = 409
+
+
+class CorruptRecord(SwarmError):
+    code = 500
+
+
+@dataclass
+class Stores:
+    state: Store
+    history: Store
+    actions: Store
+    memory: Store
+
+    @classmethod
+    def open(cls, blueprint: SwarmBlueprint) -> Stores:
+        uris = {c: blueprint.stores.for_concern(c) for c in ("state", "history", "actions", "memory")}
+        opened: dict[str, Store] = {}
+        for uri in set(uris.values()):
+            opened[uri] = open_store(uri)
+        return cls(**{c: opened[u] for c, u in uris.items()})
+
+
+def dump(model: BaseModel) -> bytes:
+    return model.model_dump_json(exclude_defaults=False).encode()
+
+
+class Engine:
+    def __init__(
+        self,
+        blueprint: SwarmBlueprint,
+        *,
+        stores: Stores | None = None,
+        dispatcher: Dispatcher | None = None,
+        transport: Transport | None = None,
+    ):
+        self.blueprint = blueprint
+        self.stores = stores or Stores.open(blueprint)
+        self.state, self.history = self.stores.state, self.stores.history
+        self.dispatcher = dispatcher or LocalDispatcher(blueprint.dispatcher.concurrency)
+        self.dispatcher.bind(self)
+        self.space = ActionSpace.from_dir(blueprint.actions_dir)
+        self._transport = transport
+        self._transports: dict[str, Transport] = {}
+
+    # --- keys -------------------------------------------------------------------
+
+    @staticmethod
+    def key(swarm_id: str, *parts: str) -> str:
+        return "/".join(("swarms", swarm_id) + parts)
+
+    def node_key(self, swarm_id: str, node_id: str) -> str:
+        return self.key(swarm_id, "nodes", f"{node_id}.json")
+
+    def join_prefix(self, swarm_id: str, parent_id: str, round: int) -> str:
+        return self.key(swarm_id, "joins", parent_id, str(round)) + "/"
+
+    def _load(self, store: Store, key: str, cls: type[M], missing: Callable[[], SwarmError]) -> tuple[M, str]:
+        try:
+            data, version = store.read_versioned(key)
+        except KeyNotFound:
+            raise missing() from None
+        try:
+            return cls.model_validate_json(data), version
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise CorruptRecord(f"corrupted record {key} in {store.uri}: {where}: {first['msg']}") from None
+
+    # --- reading ----------------------------------------------------------------
+
+    def header(self, swarm_id: str) -> SwarmHeader:
+        check_swarm_id(swarm_id)
+        return self._load(
+            self.state, self.key(swarm_id, "swarm.json"), SwarmHeader, lambda: UnknownSwarm(f"unknown swarm {swarm_id}")
+        )[0]
+
+    def node(self, swarm_id: str, node_id: str) -> tuple[NodeRecord, str]:
+        check_node_id(node_id)
+        return self._load(
+            self.state,
+            self.node_key(swarm_id, node_id),
+            NodeRecord,
+            lambda: UnknownNode(f"unknown node {node_id} in swarm {swarm_id}"),
+        )
+
+    def nodes(self, swarm_id: str) -> list[NodeRecord]:
+        self.header(swarm_id)
+        keys = self.state.list(self.key(swarm_id, "nodes") + "/")
+        recs = [self.node(swarm_id, k.rsplit("/", 1)[1][: -len(".json")])[0] for k in keys if k.endswith(".json")]
+        return sorted(recs, key=lambda r: _order(r.node_id))
+
+    def counters(self, swarm_id: str) -> tuple[Counters, str]:
+        return self._load(
+            self.state, self.key(swarm_id, "counters.json"), Counters, lambda: UnknownSwarm(f"unknown swarm {swarm_id}")
+        )
+
+    def events(self, swarm_id: str) -> list[Event]:
+        self.header(swarm_id)
+        out = []
+        for key in self.history.list(self.key(swarm_id, "events") + "/"):
+            out.append(self._load(self.history, key, Event, lambda: UnknownSwarm(key))[0])
+        return out
+
+    def read_join(self, swarm_id: str, parent_id: str, round: int) -> list[ChildReport]:
+        reports = []
+        for key in self.state.list(self.join_prefix(swarm_id, parent_id, round)):
+            if not key.endswith("/resumed"):
+                reports.append(self._load(self.state, key, ChildReport, lambda: UnknownNode(key))[0])
+        return sorted(reports, key=lambda r: _order(r.node_id))
+
+    def swarm_ids(self) -> list[str]:
+        """Every swarm in the state store, newest first (ids sort by creation time)."""
+        return sorted((k.rsplit("/", 1)[1] for k in self.state.list("index/")), reverse=True)
+
+    # --- entrypoints -----------------------------------------------------------
+
+    def load_goal(
+        self,
+        goal: str,
+        *,
+        budgets: dict[str, Any] | None = None,
+        llm_source: str = "openai",
+        replay_of: str | None = None,
+    ) -> tuple[str, str]:
+        """Create a swarm for `goal` and dispatch its root manager. Returns (swarm_id, root_node_id)."""
+        check_goal(goal)
+        try:
+            limits = Budgets.model_validate({**self.blueprint.budgets.model_dump(), **(budgets or {})})
+        except ValidationError as exc:
+            raise SwarmError(f"invalid budgets: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+        swarm_id = new_swarm_id()
+        header = SwarmHeader(
+            swarm_id=swarm_id,
+            goal=goal.strip(),
+            budgets=limits,
+            blueprint={"name": self.blueprint.name, "model": self.blueprint.llm.model, "mode": self.blueprint.llm.mode},
+            llm_source=llm_source,
+            replay_of=replay_of,
+        )
+        root = NodeBlueprint(node_id=ROOT_ID, action="break_down_goal", input={"task": header.goal})
+        self.state.create(self.key(swarm_id, "swarm.json"), dump(header))
+        self.state.create(self.key(swarm_id, "counters.json"), dump(Counters(nodes=1)))
+        self.state.create(self.node_key(swarm_id, ROOT_ID), dump(NodeRecord(blueprint=root)))
+        self.state.create(f"index/{swarm_id}", b"")
+        self._event(swarm_id, Event(kind="created", node_id=ROOT_ID, data={"goal": header.goal}))
+        self.dispatcher.dispatch(swarm_id, root)
+        return swarm_id, ROOT_ID
+
+    def execute_node(self, swarm_id: str, blueprint: NodeBlueprint | dict) -> str:
+        """Run one delivery of a node. Any number of deliveries of the same (node, round) run the
+        action at most once; the stored record, not the payload, says what the node is.
+        Returns the node's status after this delivery."""
+        check_swarm_id(swarm_id)
+        bp = blueprint if isinstance(blueprint, NodeBlueprint) else NodeBlueprint.model_validate(blueprint)
+        started = time.monotonic()
+        header = self.header(swarm_id)
+        rec, version = self.node(swarm_id, bp.node_id)
+        current = rec.blueprint.round
+        resuming = bp.round == current + 1 and rec.status in ("waiting_children", "waiting_user")
+        if not resuming and bp.round == current and rec.status == "waiting_children":
+            self._fan_out(header, rec, recovering=True)  # re-delivery after a crash mid-spawn
+            return rec.status
+        if not resuming and bp.round == current and rec.status in TERMINAL:
+            self._terminate(header, rec)  # re-delivery after a crash mid-termination
+            return rec.status
+        if not resuming and not (bp.round == current and rec.status == "pending"):
+            if rec.status == "running" and rec.lease_until and rec.lease_until < time.time() and bp.round == current:
+                pass  # the previous claimer's lease ran out: it died, take over
+            else:
+                return rec.status  # a duplicate or stale delivery: nothing to do
+        was = rec.status
+        claimed = rec.model_copy(
+            update={
+                "blueprint": rec.blueprint.model_copy(update={"round": bp.round}),
+                "status": "running",
+                "attempt": rec.attempt + 1,
+                "lease_until": time.time() + self.blueprint.dispatcher.lease_seconds,
+                "updated_at": now(),
+            }
+        )
+        if not self.state.swap(self.node_key(swarm_id, bp.node_id), dump(claimed), version):
+            return "running"  # another delivery claimed it first
+        outcome, session = self._run(header, claimed, after_children=resuming and was == "waiting_children")
+        rec = self._settle(header, claimed, outcome, session)
+        log.info(
+            json.dumps(
+                {
+                    "swarm_id": swarm_id,
+                    "node_id": rec.node_id,
+                    "action": rec.blueprint.action,
+                    "round": rec.blueprint.round,
+                    "status": rec.status,
+                    "duration_s": round(time.monotonic() - started, 4),
+                    "llm_calls": session.usage.llm_calls,
+                    "tokens": session.usage.tokens,
+                }
+            )
+        )
+        return rec.status
+
+    def answer(self, swarm_id: str, node_id: str, text: str) -> None:
+        """Deliver the user's answer to a node waiting for it; the node then runs again."""
+        if not isinstance(text, str) or not text.strip():
+            raise SwarmError("the answer is empty")
+        self.header(swarm_id)
+        rec, version = self.node(swarm_id, node_id)
+        if rec.status != "waiting_user":
+            raise NotWaiting(f"node {node_id} is {rec.status}, not waiting for an answer")
+        updated = rec.model_copy(update={"answer": text.strip(), "updated_at": now()})
+        if not self.state.swap(self.node_key(swarm_id, node_id), dump(updated), version):
+            raise NotWaiting(f"node {node_id} changed while answering; try again")
+        self._event(swarm_id, Event(kind="answered", node_id=node_id, round=rec.blueprint.round, data={"answer": text}))
+        self.dispatcher.dispatch(swarm_id, rec.blueprint.model_copy(update={"round": rec.blueprint.round + 1}))
+
+    def resume(self, swarm_id: str) -> int:
+        """Finish a swarm whose workers died: re-deliver whatever was left in flight.
+
+        Assumes no other worker is still running this swarm (nodes marked running are
+        taken over at once). Safe to run twice: every step it repeats is idempotent.
+        Returns how many deliveries it made."""
+        header = self.header(swarm_id)
+        sent = 0
+        for rec in self.nodes(swarm_id):
+            if rec.status == "running":
+                # Its claimer died: hand the node back the state it was claimed from, deliver it again.
+                _, version = self.node(swarm_id, rec.node_id)
+                if rec.blueprint.round == 0:
+                    back = rec.model_copy(update={"status": "pending", "lease_until": None})
+                else:
+                    was = "waiting_user" if isinstance(rec.outcome, AskUser) else "waiting_children"
+                    back = rec.model_copy(
+                        update={
+                            "status": was,
+                            "lease_until": None,
+                            "blueprint": rec.blueprint.model_copy(update={"round": rec.blueprint.round - 1}),
+                        }
+                    )
+                if self.state.swap(self.node_key(swarm_id, rec.node_id), dump(back), version):
+                    self.dispatcher.dispatch(swarm_id, rec.blueprint)
+                    sent += 1
+            elif rec.status == "pending" and (rec.join is None or rec.join.mode == "parallel" or rec.join.index == 0):
+                self.dispatcher.dispatch(swarm_id, rec.blueprint)
+                sent += 1
+            elif rec.status == "waiting_children":
+                self._fan_out(header, rec, recovering=True)
+                sent += 1
+            elif rec.status in TERMINAL:
+                self._terminate(header, rec, recovering=True)
+        return sent
+
+    # --- running one node ------------------------------------------------------
+
+    def transport_for(self, header: SwarmHeader) -> Transport:
+        if self._transport is not None:
+            return self._transport
+        source = header.llm_source
+        if source not in self._transports:  # a cache of clients, not swarm state
+            if source.startswith("recording:"):
+                path = Path(source.split(":", 1)[1])
+                self._transports[source] = RecordedTransport(json.loads(path.read_text())["answers"], str(path))
+            elif source.startswith("replay:"):
+                self._transports[source] = RecordedTransport(self.recorded_answers(source.split(":", 1)[1]), source)
+            else:
+                self._transports[source] = OpenAITransport(self.blueprint.llm)
+        return self._transports[source]
+
+    def recorded_answers(self, swarm_id: str) -> dict[str, str]:
+        """Every LLM answer a swarm received, keyed `<node>/<round>/<seq>`: enough to replay it."""
+        answers = {}
+        for event in self.events(swarm_id):
+            for call in event.llm_calls:
+                if call.response is not None:
+                    answers[f"{event.node_id}/{event.round}/{call.seq}"] = call.response
+        return answers
+
+    def _run(self, header: SwarmHeader, rec: NodeRecord, after_children: bool):
+        swarm_id, bp = header.swarm_id, rec.blueprint
+        session = LLMSession(
+            transport=self.transport_for(header),
+            settings=self.blueprint.llm,
+            key_prefix=f"{bp.node_id}/{bp.round}",
+        )
+        session.budget_check = lambda: self._check_llm_budget(header, session)
+        try:
+            previous = []
+            if rec.join and rec.join.mode == "sequential" and rec.join.index > 0:
+                previous = [
+                    r
+                    for r in self.read_join(swarm_id, rec.join.parent_id, rec.join.round)
+                    if _order(r.node_id) < _order(bp.node_id)
+                ]
+            ctx = NodeContext(
+                swarm=header,
+                record=rec,
+                action=self.space.get(bp.action),
+                space=self.space,
+                llm=session,
+                system_prompt=self.blueprint.system_prompt,
+                router_fallback=self.blueprint.router.fallback,
+                child_reports=self.read_join(swarm_id, bp.node_id, bp.round - 1) if after_children else None,
+                previous_reports=previous,
+                read_join=lambda node, rnd: self.read_join(swarm_id, node, rnd),
+            )
+            outcome = run_action(ctx)
+        except (LLMError, BudgetExceeded, ActionError) as exc:
+            outcome = Fail(error=str(exc))
+        except (StoreError, SwarmError):
+            raise  # infrastructure trouble: leave the claim, a re-delivery or `swarm resume` retries
+        except Exception as exc:  # an action's bug fails its node, never the worker
+            log.exception("action %s failed on %s/%s", bp.action, swarm_id, bp.node_id)
+            outcome = Fail(error=f"{bp.action} raised {type(exc).__name__}: {exc}")
+        return outcome, session
+
+    def _check_llm_budget(self, header: SwarmHeader, session: LLMSession) -> None:
+        counters, _ = self.counters(header.swarm_id)
+        b = header.budgets
+        calls = counters.llm_calls + session.usage.llm_calls
+        tokens = counters.prompt_tokens + counters.completion_tokens + session.usage.tokens
+        if calls >= b.max_llm_calls:
+            raise BudgetExceeded(f"budget max_llm_calls={b.max_llm_calls} reached")
+        if tokens >= b.max_tokens:
+            raise BudgetExceeded(f"budget max_tokens={b.max_tokens} reached ({tokens} used)")
+
+    def _bump(self, swarm_id: str, check: Callable[[Counters], str | None] | None = None, **delta: int) -> str | None:
+        """Add to the swarm's counters by compare-and-swap; `check` may veto with a reason."""
+        key = self.key(swarm_id, "counters.json")
+        for attempt in range(1000):
+            counters, version = self.counters(swarm_id)
+            if check and (reason := check(counters)):
+                return reason
+            updated = counters.model_copy(update={k: getattr(counters, k) + v for k, v in delta.items()})
+            if self.state.swap(key, dump(updated), version):
+                return None
+            time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
+        raise StoreError(f"could not update {key}: too much contention")
+
+    def _settle(self, header: SwarmHeader, rec: NodeRecord, outcome, session: LLMSession) -> NodeRecord:
+        """Persist the outcome, then act on it (spawn children, terminate, or wait for the user)."""
+        swarm_id, b = header.swarm_id, header.budgets
+        if isinstance(outcome, Spawn):
+            deep = [c.node_id for c in outcome.children if c.depth > b.max_depth]
+            if deep:
+                outcome = Fail(error=f"budget max_depth={b.max_depth} exceeded by {', '.join(deep[:3])}")
+            else:
+                n = len(outcome.children)
+                veto = self._bump(
+                    swarm_id,
+                    check=lambda c: f"budget max_nodes={b.max_nodes} exceeded: {c.nodes} nodes exist, "
+                    f"{n} more were asked for"
+                    if c.nodes + n > b.max_nodes
+                    else None,
+                    nodes=n,
+                )
+                if veto:
+                    outcome = Fail(error=veto)
+        self._event(
+            swarm_id,
+            Event(
+                kind="outcome",
+                node_id=rec.node_id,
+                round=rec.blueprint.round,
+                data={"action": rec.blueprint.action, "outcome": outcome.model_dump()},
+                llm_calls=session.calls,
+            ),
+        )
+        if session.usage.llm_calls:
+            u = session.usage
+            self._bump(swarm_id, llm_calls=u.llm_calls, prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
+        update: dict[str, Any] = {"outcome": outcome, "usage": rec.usage + session.usage, "lease_until": None, "updated_at": now()}
+        if isinstance(outcome, Spawn):
+            update.update(status="waiting_children", children=rec.children + [c.node_id for c in outcome.children])
+        elif isinstance(outcome, AskUser):
+            update.update(status="waiting_user", question=outcome.question, answer=None)
+        elif isinstance(outcome, Result):
+            update.update(status="done", report=outcome.report, data=outcome.data, error=None)
+        else:
+            update.update(status="failed", error=outcome.error)
+        rec = rec.model_copy(update=update)
+        self.state.write(self.node_key(swarm_id, rec.node_id), dump(rec))
+        if isinstance(outcome, Spawn):
+            self._fan_out(header, rec)
+        elif not isinstance(outcome, AskUser):
+            self._terminate(header, rec)
+        return rec
+
+    def _fan_out(self, header: SwarmHeader, rec: NodeRecord, recovering: bool = False) -> None:
+        """Write the children's records (create-if-absent) and dispatch the runnable ones."""
+        swarm_id = header.swarm_id
+        spawn = rec.outcome
+        assert isinstance(spawn, Spawn)
+        size = len(spawn.children)
+        records = []
+        for i, child in enumerate(spawn.children):
+            slot = JoinSlot(parent_id=rec.node_id, round=rec.blueprint.round, index=i, size=size, mode=spawn.mode)
+            child_rec = NodeRecord(blueprint=child, join=slot)
+            if not self.state.create(self.node_key(swarm_id, child.node_id), dump(child_rec)) and recovering:
+                child_rec = self.node(swarm_id, child.node_id)[0]
+            records.append(child_rec)
+        if not recovering:
+            for child_rec in records if spawn.mode == "parallel" else records[:1]:
+                self.dispatcher.dispatch(swarm_id, child_rec.blueprint)
+            return
+        live = [r for r in records if r.status not in TERMINAL]
+        if spawn.mode == "sequential":
+            live = live[:1]
+        for child_rec in live:
+            if child_rec.status == "pending":
+                self.dispatcher.dispatch(swarm_id, child_rec.blueprint)
+        if not live:
+            self._join(swarm_id, records[0].join, recovering=True)  # type: ignore[arg-type]
+
+    def _terminate(self, header: SwarmHeader, rec: NodeRecord, recovering: bool = False) -> None:
+        """A node reached done/failed/cancelled: report to the parent's join, or end the swarm."""
+        swarm_id, slot = header.swarm_id, rec.join
+        if slot is None:
+            self._finish_swarm(swarm_id, rec)
+            return
+        marker = ChildReport(
+            node_id=rec.node_id,
+            action=rec.blueprint.action,
+            status=rec.status,  # type: ignore[arg-type]
+            report=rec.report or "",
+            data=rec.data,
+            error=rec.error,
+        )
+        self.state.create(self.join_prefix(swarm_id, slot.parent_id, slot.round) + rec.node_id, dump(marker))
+        if slot.mode == "sequential" and slot.index + 1 < slot.size:
+            nxt, nxt_version = self.node(swarm_id, child_id(slot.parent_id, slot.round, slot.index + 1))
+            if rec.status == "done":
+                if nxt.status == "pending":
+                    self.dispatcher.dispatch(swarm_id, nxt.blueprint)
+                return
+            if nxt.status == "pending":  # a failed step cancels the steps after it, one at a time
+                cancelled = nxt.model_copy(update={"status": "cancelled", "error": f"cancelled: {rec.node_id} failed", "updated_at": now()})
+                if self.state.swap(self.node_key(swarm_id, nxt.node_id), dump(cancelled), nxt_version):
+                    self._terminate(header, cancelled)
+                    return
+            if nxt.status not in TERMINAL:
+                return
+        self._join(swarm_id, slot, recovering)
+
+    def _join(self, swarm_id: str, slot: JoinSlot, recovering: bool = False) -> None:
+        """If every child of this join group has reported, resume the parent exactly once."""
+        prefix = self.join_prefix(swarm_id, slot.parent_id, slot.round)
+        reported = [k for k in self.state.list(prefix) if not k.endswith("/resumed")]
+        if len(reported) < slot.size:
+            return
+        claimed = self.state.create(prefix + "resumed", now().encode())
+        parent, _ = self.node(swarm_id, slot.parent_id)
+        if claimed or (recovering and parent.status == "waiting_children" and parent.blueprint.round == slot.round):
+            self._event(swarm_id, Event(kind="resumed", node_id=slot.parent_id, round=slot.round + 1))
+            self.dispatcher.dispatch(swarm_id, parent.blueprint.model_copy(update={"round": slot.round + 1}))
+
+    def _finish_swarm(self, swarm_id: str, root: NodeRecord) -> None:
+        key = self.key(swarm_id, "swarm.json")
+        header, version = self._load(self.state, key, SwarmHeader, lambda: UnknownSwarm(swarm_id))
+        if header.status in ("done", "failed"):
+            return
+        final = header.model_copy(
+            update={
+                "status": "done" if root.status == "done" else "failed",
+                "report": root.report,
+                "error": root.error,
+                "finished_at": now(),
+            }
+        )
+        if self.state.swap(key, dump(final), version):
+            self._event(swarm_id, Event(kind="swarm_done", node_id=root.node_id, data={"status": final.status}))
+            if final.report:
+                self.stores.memory.write(f"reports/{swarm_id}.md", f"# {header.goal}\n\n{final.report}\n".encode())
+
+    def _event(self, swarm_id: str, event: Event) -> None:
+        stamp = f"{time.time_ns():020d}"
+        key = self.key(swarm_id, "events", f"{stamp}-{event.node_id}-{event.round}-{event.kind}.json")
+        self.history.create(key, dump(event))
+
+    # --- views -------------------------------------------------------------------
+
+    def status(self, swarm_id: str) -> dict[str, Any]:
+        """The header plus what the nodes say: counts per status, usage, waiting questions."""
+        header = self.header(swarm_id)
+        nodes = self.nodes(swarm_id)
+        counters, _ = self.counters(swarm_id)
+        counts: dict[str, int] = {}
+        for n in nodes:
+            counts[n.status] = counts.get(n.status, 0) + 1
+        status = header.status
+        if status == "running" and counts.get("waiting_user") and not (counts.get("running") or counts.get("pending")):
+            status = "waiting_user"
+        return {
+            "swarm_id": swarm_id,
+            "goal": header.goal,
+            "status": status,
+            "report": header.report,
+            "error": header.error,
+            "llm_source": header.llm_source,
+            "replay_of": header.replay_of,
+            "created_at": header.created_at,
+            "finished_at": header.finished_at,
+            "nodes": len(nodes),
+            "by_status": counts,
+            "usage": {
+                "llm_calls": counters.llm_calls,
+                "prompt_tokens": counters.prompt_tokens,
+                "completion_tokens": counters.completion_tokens,
+                "seconds": round(sum(n.usage.seconds for n in nodes), 3),
+            },
+            "waiting": [{"node_id": n.node_id, "question": n.question} for n in nodes if n.status == "waiting_user"],
+        }
+
+    def snapshot(self, swarm_id: str) -> dict[str, Any]:
+        """The whole tree as one JSON-able object."""
+        header = self.header(swarm_id)
+        nodes = self.nodes(swarm_id)
+        return {
+            "swarm": header.model_dump(),
+            "counters": self.counters(swarm_id)[0].model_dump(),
+            "nodes": [
+                {"node_id": n.node_id, "parent_id": n.blueprint.parent_id, **n.model_dump(exclude={"blueprint"}), "blueprint": n.blueprint.model_dump()}
+                for n in nodes
+            ],
+        }
+
+
+def check_goal(goal: Any) -> str:
+    if not isinstance(goal, str) or not goal.strip():
+        raise SwarmError("the goal is empty")
+    if len(goal) > MAX_GOAL_CHARS:
+        raise SwarmError(f"the goal is {len(goal)} characters; the limit is {MAX_GOAL_CHARS}")
+    return goal
+
+
+def _order(node_id: str) -> tuple:
+    """Tree order: `root.0.10` after `root.0.9`."""
+    return tuple(int(p) if p.isdigit() else -1 for p in node_id.split(".")[1:])

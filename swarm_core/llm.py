@@ -1,0 +1,346 @@
+"""Structured LLM calls: one schema in, one validated pydantic object out.
+
+`Transport` is the wire (the official `openai` SDK, a recording, or a test script);
+`LLMSession` is one node invocation's conversation with it: it checks the budget
+before every call, validates every answer, re-asks with the validation error at
+most `max_repairs` times, and keeps every request/response for history and replay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from .models import LLMCall, Usage
+
+Mode = Literal["json_schema", "json_object_schema", "tools", "prompt"]
+
+
+class LLMError(Exception):
+    """The model could not be reached or never gave a valid answer; the node fails with this."""
+
+
+class BudgetExceeded(Exception):
+    """A swarm budget would be exceeded; the message names the budget."""
+
+
+class LLMSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "gpt-4o-mini"
+    mode: Mode = "json_schema"
+    provider: Literal["openai", "azure"] = "openai"
+    base_url: str | None = None
+    temperature: float = 0.2
+    max_tokens: int = Field(1024, ge=16)
+    max_retries: int = Field(4, ge=0)
+    timeout_s: float = Field(120, gt=0)
+    max_repairs: int = Field(2, ge=0)
+    azure_api_version: str = "2024-10-21"
+
+
+@dataclass
+class Completion:
+    text: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    refusal: str | None = None
+
+
+class Transport(Protocol):
+    """Sends one chat request and returns the raw answer text (and token counts)."""
+
+    def complete(self, messages: list[dict], schema_name: str, schema: dict, key: str) -> Completion: ...
+
+
+# --- JSON Schema -> pydantic ---------------------------------------------------
+
+_SCALARS = {"string": str, "integer": int, "number": float, "boolean": bool, "null": type(None)}
+
+
+def model_from_schema(name: str, schema: dict) -> type[BaseModel]:
+    """Build a pydantic model from the JSON Schema subset our action schemas use
+    (objects, arrays, scalars, enums, nullable type lists, length/item bounds)."""
+    return _type_for(name, schema)  # type: ignore[return-value]
+
+
+def _type_for(name: str, schema: dict) -> Any:
+    if "enum" in schema:
+        return Literal[tuple(schema["enum"])]  # type: ignore[misc]
+    types = schema.get("type", "string")
+    if isinstance(types, list):
+        options = [_type_for(name, {**schema, "type": t}) for t in types]
+        out = options[0]
+        for opt in options[1:]:
+            out = out | opt
+        return out
+    if types == "object":
+        required = set(schema.get("required", []))
+        fields: dict[str, Any] = {}
+        for prop, sub in schema.get("properties", {}).items():
+            typ = _type_for(f"{name}_{prop}", sub)
+            fields[prop] = (typ, _field(sub, required=prop in required))
+        if not fields:
+            return dict[str, Any]
+        extra = "forbid" if schema.get("additionalProperties") is False else "ignore"
+        return create_model(_camel(name), __config__=ConfigDict(extra=extra), **fields)
+    if types == "array":
+        return list[_type_for(f"{name}_item", schema.get("items", {}))]  # type: ignore[misc]
+    return _SCALARS.get(types, Any)
+
+
+def _field(sub: dict, required: bool) -> Any:
+    bounds = {
+        "max_length": sub.get("maxLength", sub.get("maxItems")),
+        "min_length": sub.get("minLength", sub.get("minItems")),
+        "ge": sub.get("minimum"),
+        "le": sub.get("maximum"),
+    }
+    bounds = {k: v for k, v in bounds.items() if v is not None}
+    if required:
+        return Field(..., **bounds)
+    return Field(sub.get("default"), **bounds)
+
+
+def _camel(name: str) -> str:
+    return "".join(p.capitalize() for p in re.split(r"[^A-Za-z0-9]+", name) if p) or "Output"
+
+
+def parse_json(text: str) -> Any:
+    """Parse an answer: plain JSON, JSON inside a ``` fence, or the outermost {...} of chatty text.
+    `strict=False` because grammar-constrained servers can emit raw newlines in strings."""
+    text = text.strip()
+    try:
+        return json.loads(text, strict=False)
+    except json.JSONDecodeError as first:
+        fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+        candidates = [fenced.group(1)] if fenced else []
+        if "{" in text and "}" in text:
+            candidates.append(text[text.index("{") : text.rindex("}") + 1])
+        for cand in candidates:
+            try:
+                return json.loads(cand, strict=False)
+            except json.JSONDecodeError:
+                continue
+        raise first
+
+
+def _error_summary(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors()[:5]:
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            parts.append(f"{loc}: {err['msg']}")
+        return "; ".join(parts)
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    return str(exc)
+
+
+# --- the session ----------------------------------------------------------------
+
+
+@dataclass
+class LLMSession:
+    """One node invocation's LLM calls: budgeted, validated, repaired, recorded."""
+
+    transport: Transport
+    settings: LLMSettings
+    key_prefix: str  # "<node_id>/<round>": with the call's seq, the replay key
+    budget_check: Callable[[], None] = lambda: None
+    calls: list[LLMCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
+    def ask(self, messages: list[dict], schema_name: str, schema: dict) -> dict:
+        """Return the answer as a validated dict (dumped from the pydantic model)."""
+        output_model = model_from_schema(schema_name, schema)
+        convo = list(messages)
+        problem = "no attempt made"
+        for _attempt in range(self.settings.max_repairs + 1):
+            self.budget_check()
+            seq = len(self.calls)
+            started = time.monotonic()
+            try:
+                comp = self.transport.complete(convo, schema_name, schema, f"{self.key_prefix}/{seq}")
+            except LLMError as exc:
+                self._record(seq, schema_name, convo, None, str(exc), started, Completion(None))
+                raise
+            self._record(seq, schema_name, convo, comp.text, None, started, comp)
+            try:
+                if comp.refusal:
+                    raise ValueError(f"the model refused: {comp.refusal}")
+                if not comp.text or not comp.text.strip():
+                    raise ValueError("empty answer")
+                return output_model.model_validate(parse_json(comp.text)).model_dump()
+            except (ValueError, ValidationError) as exc:
+                problem = _error_summary(exc)
+                self.calls[-1].error = problem
+                convo = convo + [
+                    {"role": "assistant", "content": comp.text or ""},
+                    {
+                        "role": "user",
+                        "content": f"Your answer was invalid: {problem}. Reply again with only a JSON "
+                        f"object that matches the schema:\n{json.dumps(schema)}",
+                    },
+                ]
+        raise LLMError(
+            f"{schema_name}: no valid answer after {self.settings.max_repairs + 1} attempts; last problem: {problem}"
+        )
+
+    def _record(self, seq, schema_name, convo, text, error, started, comp: Completion) -> None:
+        seconds = round(time.monotonic() - started, 6)
+        self.calls.append(
+            LLMCall(
+                seq=seq,
+                schema_name=schema_name,
+                messages=convo,
+                response=text,
+                error=error,
+                prompt_tokens=comp.prompt_tokens,
+                completion_tokens=comp.completion_tokens,
+                seconds=seconds,
+            )
+        )
+        self.usage = self.usage + Usage(
+            llm_calls=1,
+            prompt_tokens=comp.prompt_tokens,
+            completion_tokens=comp.completion_tokens,
+            seconds=seconds,
+        )
+
+
+# --- transports -----------------------------------------------------------------
+
+_CLIENTS: dict[tuple, Any] = {}
+
+
+class OpenAITransport:
+    """Chat Completions through the official SDK; the SDK retries 408/409/429/5xx and
+    timeouts with exponential backoff (`max_retries`), honouring `retry-after`."""
+
+    def __init__(self, settings: LLMSettings):
+        self.settings = settings
+        self.client = self._client(settings)
+
+    @staticmethod
+    def _client(s: LLMSettings):
+        import openai
+
+        key = (s.provider, s.base_url, s.max_retries, s.timeout_s)
+        if key not in _CLIENTS:
+            if s.provider == "azure":
+                _CLIENTS[key] = openai.AzureOpenAI(
+                    azure_endpoint=s.base_url or os.environ.get("AZURE_OPENAI_ENDPOINT"),
+                    api_version=os.environ.get("OPENAI_API_VERSION", s.azure_api_version),
+                    max_retries=s.max_retries,
+                    timeout=s.timeout_s,
+                )
+            else:
+                base_url = os.environ.get("OPENAI_BASE_URL") or s.base_url
+                # Local OpenAI-compatible servers need no key, but the SDK insists on one.
+                api_key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
+                _CLIENTS[key] = openai.OpenAI(
+                    base_url=base_url, api_key=api_key, max_retries=s.max_retries, timeout=s.timeout_s
+                )
+        return _CLIENTS[key]
+
+    def complete(self, messages: list[dict], schema_name: str, schema: dict, key: str) -> Completion:
+        import openai
+
+        s = self.settings
+        kwargs: dict[str, Any] = {"model": s.model, "temperature": s.temperature, "max_tokens": s.max_tokens}
+        if s.mode == "json_schema":
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "schema": schema, "strict": _is_strict(schema)},
+            }
+        elif s.mode == "json_object_schema":
+            kwargs["response_format"] = {"type": "json_object", "schema": schema}
+        elif s.mode == "tools":
+            kwargs["tools"] = [{"type": "function", "function": {"name": schema_name, "parameters": schema}}]
+            kwargs["tool_choice"] = {"type": "function", "function": {"name": schema_name}}
+        if s.mode != "json_schema" and s.mode != "tools":
+            messages = [_schema_hint(schema)] + messages
+        try:
+            resp = self.client.chat.completions.create(messages=messages, **kwargs)
+        except openai.APIStatusError as exc:
+            raise LLMError(f"LLM server answered HTTP {exc.status_code}: {_api_message(exc)}") from None
+        except openai.APIConnectionError as exc:
+            raise LLMError(f"cannot reach the LLM server: {exc}") from None
+        if not resp.choices:
+            return Completion(None)
+        msg = resp.choices[0].message
+        text = msg.content
+        if s.mode == "tools" and msg.tool_calls:
+            text = msg.tool_calls[0].function.arguments
+        usage = resp.usage
+        return Completion(
+            text=text,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            refusal=getattr(msg, "refusal", None),
+        )
+
+
+def _api_message(exc: Exception) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:300]
+    return str(getattr(exc, "message", exc))[:300]
+
+
+def _schema_hint(schema: dict) -> dict:
+    return {
+        "role": "system",
+        "content": "Answer with only one JSON object that matches this JSON Schema, no prose:\n"
+        + json.dumps(schema),
+    }
+
+
+def _is_strict(schema: dict) -> bool:
+    """OpenAI's strict mode needs every object closed and every property required."""
+    if schema.get("type") == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        if schema.get("additionalProperties") is not False or set(schema.get("required", [])) != set(props):
+            return False
+        return all(_is_strict(p) for p in props.values())
+    if "items" in schema:
+        return _is_strict(schema["items"])
+    return True
+
+
+class RecordedTransport:
+    """Answers from a recording: `{"<node_id>/<round>/<seq>": "<answer text>"}`. No network."""
+
+    def __init__(self, answers: dict[str, str], source: str):
+        self.answers = answers
+        self.source = source
+
+    def complete(self, messages, schema_name, schema, key) -> Completion:
+        if key not in self.answers:
+            raise LLMError(f"the recording {self.source} has no answer for call {key} ({schema_name})")
+        return Completion(self.answers[key], prompt_tokens=0, completion_tokens=0)
+
+
+class FunctionTransport:
+    """Answers from a Python function `(messages, schema_name, schema, key) -> str | dict`:
+    the scripted LLM of tests and benchmarks."""
+
+    def __init__(self, fn: Callable[..., Any], delay_s: float = 0.0):
+        self.fn = fn
+        self.delay_s = delay_s
+
+    def complete(self, messages, schema_name, schema, key) -> Completion:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        out = self.fn(messages, schema_name, schema, key)
+        text = out if isinstance(out, str) or out is None else json.dumps(out)
+        return Completion(text, prompt_tokens=len(json.dumps(messages)) // 4, completion_tokens=len(text or "") // 4)
