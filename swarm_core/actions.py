@@ -74,8 +74,13 @@ class ActionSpace:
         self.entries = entries
 
     @classmethod
-    def from_dir(cls, actions_dir: Path) -> ActionSpace:
-        return cls(dict(_load_dir(str(actions_dir))))
+    def from_dirs(cls, dirs: list[Path]) -> ActionSpace:
+        entries: dict[str, Entry] = {}
+        for d in dirs:
+            if not d.is_dir():
+                raise ActionError(f"action folder not found: {d}")
+            entries.update(_load_dir(str(d)))
+        return cls(entries)
 
     def get(self, action_id: str) -> ActionSpec:
         entry = self.entries.get(action_id)
@@ -236,7 +241,7 @@ def combine(reports: list[ChildReport]) -> Outcome:
     """A non-manager that delegated finishes with what its children reported."""
     done = [r for r in reports if r.status == "done"]
     if not done:
-        return Fail("; ".join(f"{r.node_id}: {r.error}" for r in reports) or "no child finished")
+        return Fail(error="; ".join(f"{r.node_id}: {r.error}" for r in reports) or "no child finished")
     if len(done) == 1:
         return Result(report=done[0].report, data=done[0].data)
     return Result(report=summarize(done, limit=100_000))
@@ -265,13 +270,13 @@ def manage(ctx: NodeContext) -> Outcome:
     if memo.get("phase") == "supervise":
         verdict = reports[0]
         if verdict.status != "done" or not verdict.data:
-            return Fail(f"the supervisor failed: {verdict.error}")
+            return Fail(error=f"the supervisor failed: {verdict.error}")
         if verdict.data.get("done"):
             return Result(report=verdict.report, data={"rounds": memo.get("plan_round", 1)})
         feedback = verdict.data.get("feedback") or "the goal is not met yet"
         if memo.get("plan_round", 1) >= ctx.swarm.budgets.max_rounds:
             return Fail(
-                f"budget max_rounds={ctx.swarm.budgets.max_rounds} reached and the supervisor "
+                error=f"budget max_rounds={ctx.swarm.budgets.max_rounds} reached and the supervisor "
                 f"says the goal is not met: {feedback}"
             )
         return _plan(ctx, feedback=feedback)

@@ -62,10 +62,12 @@ class SwarmBlueprint(_Section):
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
     recording: str = ""
+    root_action: str = "break_down_goal"
+    action_dirs: list[str] = Field(default_factory=lambda: ["actions"])  # later folders override earlier ones
 
     @property
-    def actions_dir(self) -> Path:
-        return self.root / "actions"
+    def action_paths(self) -> list[Path]:
+        return [(self.root / d).resolve() for d in self.action_dirs]
 
 
 def load_blueprint(path: str | os.PathLike | None = None) -> SwarmBlueprint:

@@ -108,7 +108,8 @@ class Engine:
         self.state, self.history = self.stores.state, self.stores.history
         self.dispatcher = dispatcher or LocalDispatcher(blueprint.dispatcher.concurrency)
         self.dispatcher.bind(self)
-        self.space = ActionSpace.from_dir(blueprint.actions_dir)
+        self.space = ActionSpace.from_dirs(blueprint.action_paths)
+        self.space.get(blueprint.root_action)  # fail at start-up, not on the first goal
         self._transport = transport
         self._transports: dict[str, Transport] = {}
 
@@ -207,7 +208,7 @@ class Engine:
             llm_source=llm_source,
             replay_of=replay_of,
         )
-        root = NodeBlueprint(node_id=ROOT_ID, action="break_down_goal", input={"task": header.goal})
+        root = NodeBlueprint(node_id=ROOT_ID, action=self.blueprint.root_action, input={"task": header.goal})
         self.state.create(self.key(swarm_id, "swarm.json"), dump(header))
         self.state.create(self.key(swarm_id, "counters.json"), dump(Counters(nodes=1)))
         self.state.create(self.node_key(swarm_id, ROOT_ID), dump(NodeRecord(blueprint=root)))

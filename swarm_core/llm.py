@@ -232,7 +232,8 @@ class OpenAITransport:
     def _client(s: LLMSettings):
         import openai
 
-        key = (s.provider, s.base_url, s.max_retries, s.timeout_s)
+        env = tuple(os.environ.get(v) for v in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY"))
+        key = (s.provider, s.base_url, s.max_retries, s.timeout_s, hash(env))
         if key not in _CLIENTS:
             if s.provider == "azure":
                 _CLIENTS[key] = openai.AzureOpenAI(

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from .config import ConfigError, SwarmBlueprint, load_blueprint
 from .dispatch import Dispatcher
+from .actions import ActionError
 from .engine import Engine
+from .store import StoreError
 
 
 def llm_configured(blueprint: SwarmBlueprint) -> bool:
@@ -53,4 +55,7 @@ def build_engine(
     bp = blueprint if isinstance(blueprint, SwarmBlueprint) else load_blueprint(blueprint)
     if store:
         bp = bp.model_copy(update={"stores": bp.stores.model_copy(update={"state": store})})
-    return Engine(bp, dispatcher=dispatcher)
+    try:
+        return Engine(bp, dispatcher=dispatcher)
+    except (StoreError, ActionError) as exc:  # the store or actions named in the configuration are unusable
+        raise ConfigError(str(exc)) from None

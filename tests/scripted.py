@@ -15,7 +15,7 @@ def default_responder(subtasks=("first part", "second part"), mode="parallel", a
     """Plan `subtasks` for every manager, do each with a one-line report, supervise as `done`."""
 
     def respond(messages, schema_name, schema, key):
-        if schema_name == "break_down_goal":
+        if "subtasks" in schema.get("properties", {}):  # any manager's plan
             return {"subtasks": [{"task": t, "action": action} for t in subtasks], "mode": mode, "question": None}
         if schema_name == "route":
             return {"choice": schema["properties"]["choice"]["enum"][0], "reason": "first fits"}

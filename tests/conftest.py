@@ -1,0 +1,58 @@
+"""Shared fixtures. `tests/` is on sys.path, so helpers import as plain modules."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from llm_servers import smollm2_url  # noqa: E402,F401  (session fixture: a real local model)
+from stub_openai import Reply, StubOpenAI  # noqa: E402,F401
+
+from swarm_core.config import load_blueprint  # noqa: E402
+from swarm_core.engine import Engine  # noqa: E402
+from swarm_core.llm import FunctionTransport  # noqa: E402
+
+REPO = HERE.parent
+FANOUT = HERE / "blueprints" / "fanout"
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SWARM_", "AZURE_OPENAI"))}
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_llm(monkeypatch):
+    """Tests never reach a real provider by accident: every LLM comes from the test itself."""
+    for name in list(os.environ):
+        if name.startswith(("OPENAI_", "SWARM_", "AZURE_OPENAI")):
+            monkeypatch.delenv(name)
+
+
+def make_engine(responder=None, *, store: str | None = None, blueprint=None, dispatcher=None, budgets=None, delay_s=0.0, **llm):
+    """An engine on a fresh memory store (or `store`) answering from a scripted LLM."""
+    from scripted import default_responder
+
+    bp = load_blueprint(blueprint)
+    bp.stores.state = store or f"memory://{uuid.uuid4().hex}"
+    if budgets:
+        bp.budgets = bp.budgets.model_copy(update=budgets)
+    if llm:
+        bp.llm = bp.llm.model_copy(update=llm)
+    transport = FunctionTransport(responder or default_responder(), delay_s=delay_s)
+    return Engine(bp, transport=transport, dispatcher=dispatcher)
+
+
+def run_goal(engine: Engine, goal: str = "Do a thing", **kw):
+    swarm_id, _ = engine.load_goal(goal, **kw)
+    assert engine.dispatcher.wait(timeout=60), "swarm did not go idle in 60 s"
+    return swarm_id
+
+
+@pytest.fixture
+def stub():
+    with StubOpenAI() as server:
+        yield server

@@ -1,0 +1,133 @@
+"""The `swarm` command as a user runs it: subprocesses, exit codes, JSON output, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import CLEAN_ENV, REPO, Reply
+from scripted import default_responder
+from test_llm_http import http_responder
+
+DEMO_GOAL = json.loads((REPO / "blueprints/default/recordings/lisbon.json").read_text())["goal"]
+
+
+def swarm(*args, env=None, check=None, timeout=120):
+    proc = subprocess.run(
+        [sys.executable, "-m", "swarm_core.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**CLEAN_ENV, **(env or {})},
+        cwd=REPO,
+        timeout=timeout,
+    )
+    if check is not None:
+        assert proc.returncode == check, proc.stderr + proc.stdout
+    return proc
+
+
+def test_demo_runs_offline_from_the_shipped_recording(tmp_path):
+    store = f"file://{tmp_path}"
+    proc = swarm("run", DEMO_GOAL, "--store", store, check=0)
+    assert "replaying the shipped recording" in proc.stderr
+    assert "Three days in Lisbon" in proc.stdout
+    out = json.loads(swarm("run", DEMO_GOAL, "--store", store, "--json", check=0).stdout)
+    assert out["status"] == "done" and out["usage"]["llm_calls"] == 7
+    assert {n["node_id"] for n in out["nodes"]} >= {"root", "root.0.1.0.0", "root.1.0"}
+    listed = json.loads(swarm("list", "--json", "--store", store, check=0).stdout)["swarms"]
+    assert [s["swarm_id"] for s in listed] == sorted((s["swarm_id"] for s in listed), reverse=True)
+    assert listed[0]["swarm_id"] == out["swarm_id"] and len(listed) == 2
+    sid = out["swarm_id"]
+    tree = json.loads(swarm("tree", sid, "--json", "--store", store, check=0).stdout)
+    assert all({"node_id", "parent_id", "status"} <= set(n) for n in tree["nodes"])
+    snap = json.loads(swarm("snapshot", sid, "--json", "--store", store, check=0).stdout)
+    assert len(snap["nodes"]) == 6 and snap["swarm"]["status"] == "done"
+    hist = json.loads(swarm("history", sid, "--json", "--store", store, check=0).stdout)
+    assert hist["events"][0]["kind"] == "created" and hist["events"][-1]["kind"] == "swarm_done"
+    status = json.loads(swarm("status", sid, "--json", "--store", store, check=0).stdout)
+    assert status["status"] == "done" and status["nodes"] == 6
+    replay = json.loads(swarm("replay", sid, "--json", "--store", store, check=0).stdout)
+    assert replay["identical"] is True and replay["replay_of"] == sid and replay["status"] == "done"
+
+
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["status", "sw_../../etc/passwd"], 2, "invalid swarm id"),
+        (["tree", "../../x"], 2, "invalid swarm id"),
+        (["status", "sw_00000000000000000000000000"], 2, "unknown swarm"),
+        (["run", ""], 2, "the goal is empty"),
+        (["run", "x" * 20001], 2, "limit is 20000"),
+        (["run", "an unrecorded goal"], 2, "no LLM configured"),
+        (["run", DEMO_GOAL, "--budget", "max_nodes=zero"], 2, "--budget wants NAME=N"),
+        (["run", DEMO_GOAL, "--blueprint", "/nonexistent"], 2, "blueprint not found"),
+        (["list", "--store", "nosuch://x"], 2, "unknown storage scheme 'nosuch'"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_clear_line(tmp_path, args, code, needle):
+    proc = swarm(*args, *(["--store", f"file://{tmp_path}"] if "--store" not in args else []))
+    assert proc.returncode == code
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_corrupted_record_names_the_key_and_keeps_the_bytes(tmp_path):
+    store = f"file://{tmp_path}"
+    sid = json.loads(swarm("run", DEMO_GOAL, "--store", store, "--json", check=0).stdout)["swarm_id"]
+    node = tmp_path / "swarms" / sid / "nodes" / "root.0.2.json"
+    node.write_text('{"blueprint": ')
+    proc = swarm("tree", sid, "--store", store)
+    assert proc.returncode == 1
+    assert f"corrupted record swarms/{sid}/nodes/root.0.2.json" in proc.stderr
+    assert node.read_text() == '{"blueprint": '
+
+
+def test_failed_swarm_exits_1(stub, tmp_path):
+    stub.responder = lambda req: Reply(content="not json")
+    proc = swarm("run", "anything", "--json", "--store", f"file://{tmp_path}", env={"OPENAI_BASE_URL": stub.base_url})
+    assert proc.returncode == 1
+    out = json.loads(proc.stdout)
+    assert out["status"] == "failed" and "break_down_goal: no valid answer after 3 attempts" in out["error"]
+
+
+def test_sigkill_mid_run_then_resume_completes_without_duplicates(stub, tmp_path):
+    slow = http_responder(default_responder(subtasks=[f"part {i}" for i in range(6)]))
+
+    def respond(req):
+        reply = slow(req)
+        if req["response_format"]["json_schema"]["name"] == "write_text":
+            reply.delay_s = 1.0
+        return reply
+
+    stub.responder = respond
+    store = f"file://{tmp_path}"
+    env = {**CLEAN_ENV, "OPENAI_BASE_URL": stub.base_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swarm_core.cli", "run", "six parts", "--store", store, "--json"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 30
+    nodes_dir = None
+    while time.time() < deadline:  # kill once the children are running
+        found = list(tmp_path.glob("swarms/*/nodes"))
+        if found and len(list(found[0].glob("root.0.*.json"))) == 6 and len(stub.requests) >= 4:
+            nodes_dir = found[0]
+            break
+        time.sleep(0.05)
+    assert nodes_dir, "the run never fanned out"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sid = nodes_dir.parent.name
+    before = json.loads(swarm("status", sid, "--json", "--store", store, check=0).stdout)
+    assert before["status"] == "running" and before["by_status"].get("running")
+    out = json.loads(swarm("resume", sid, "--json", "--store", store, env={"OPENAI_BASE_URL": stub.base_url}, check=0).stdout)
+    assert out["status"] == "done"
+    ids = [n["node_id"] for n in out["nodes"]]
+    assert len(ids) == len(set(ids)) == 8  # root, 6 parts, supervisor
+    assert all(n["status"] == "done" for n in out["nodes"])
+    again = json.loads(swarm("resume", sid, "--json", "--store", store, check=0).stdout)
+    assert [n["node_id"] for n in again["nodes"]] == ids

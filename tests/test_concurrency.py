@@ -1,0 +1,44 @@
+"""200 siblings finishing at the same instant on the file store: the parent resumes exactly once."""
+
+from __future__ import annotations
+
+import threading
+
+from conftest import FANOUT, make_engine
+from scripted import default_responder
+from test_lifecycle import Recorder
+
+
+def test_200_siblings_finish_at_once_and_parent_resumes_once(tmp_path):
+    n = 200
+    dispatcher = Recorder()
+    engine = make_engine(
+        default_responder(subtasks=[f"part {i}" for i in range(n)]),
+        store=f"file://{tmp_path}",
+        blueprint=FANOUT,
+        dispatcher=dispatcher,
+    )
+    sid, _ = engine.load_goal("Fan out wide")
+    engine.execute_node(*dispatcher.queue.pop())
+    children, dispatcher.queue = dispatcher.queue, []
+    assert len(children) == n
+    barrier = threading.Barrier(n)
+
+    def finish(delivery):
+        barrier.wait()
+        engine.execute_node(*delivery)
+
+    threads = [threading.Thread(target=finish, args=(d,)) for d in children]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    resumes = [bp for _, bp in dispatcher.queue if bp.node_id == "root"]
+    assert len(resumes) == 1 and resumes[0].round == 1
+    assert len(engine.read_join(sid, "root", 0)) == n
+    assert engine.state.exists(f"swarms/{sid}/joins/root/0/resumed")
+    # the resumed manager hands all 200 reports to its supervisor
+    while dispatcher.queue:
+        engine.execute_node(*dispatcher.queue.pop(0))
+    assert engine.status(sid)["status"] == "done"
+    sup = [e for e in engine.events(sid) if e.node_id == "root.1.0" and e.kind == "outcome"][0]
+    prompt = sup.llm_calls[0].messages[-1]["content"]
+    assert all(f"did part {i}\n" in prompt + "\n" for i in range(n))

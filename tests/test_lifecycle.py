@@ -1,0 +1,340 @@
+"""Lifecycle rules of DESIGN.md §2 with a scripted LLM on the memory store."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+
+import pytest
+from conftest import make_engine, run_goal
+from scripted import default_responder, task_of
+
+from swarm_core.engine import CorruptRecord, NotWaiting, SwarmError
+from swarm_core.llm import RecordedTransport
+from swarm_core.models import InvalidId, NodeBlueprint
+
+
+def kinds(engine, swarm_id, kind):
+    return [e for e in engine.events(swarm_id) if e.kind == kind]
+
+
+def test_parallel_join_resumes_parent_once_with_every_report():
+    engine = make_engine(default_responder(subtasks=("a", "b", "c")))
+    sid = run_goal(engine, "Write three things")
+    st = engine.status(sid)
+    assert st["status"] == "done" and st["report"].startswith("combined")
+    nodes = {n.node_id: n for n in engine.nodes(sid)}
+    assert set(nodes) == {"root", "root.0.0", "root.0.1", "root.0.2", "root.1.0"}
+    assert [e.round for e in kinds(engine, sid, "resumed")] == [1, 2]  # once after workers, once after supervisor
+    reports = engine.read_join(sid, "root", 0)
+    assert [r.report for r in reports] == ["did a", "did b", "did c"]
+    # the supervisor saw all three reports
+    sup_prompt = kinds(engine, sid, "outcome")
+    sup = [e for e in sup_prompt if e.node_id == "root.1.0"][0].llm_calls[0].messages[-1]["content"]
+    assert all(f"did {t}" in sup for t in "abc")
+    assert st["usage"]["llm_calls"] == 5
+
+
+def test_children_run_concurrently():
+    started, peak, lock = [], [0], threading.Lock()
+    active = [0]
+
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "write_text":
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            threading.Event().wait(0.2)
+            with lock:
+                active[0] -= 1
+        return default_responder(subtasks=("a", "b", "c", "d"))(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    run_goal(engine)
+    assert peak[0] == 4
+
+
+def test_sequential_steps_run_in_order_and_see_earlier_reports():
+    seen = []
+
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "write_text":
+            seen.append((task_of(messages), messages[-1]["content"]))
+        return default_responder(subtasks=("one", "two", "three"), mode="sequential")(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    assert [t for t, _ in seen] == ["one", "two", "three"]
+    assert "did one" not in seen[0][1]
+    assert "did one" in seen[1][1] and "did two" in seen[2][1] and "did one" in seen[2][1]
+    assert engine.status(sid)["status"] == "done"
+
+
+def test_sequential_failure_cancels_later_steps():
+    def responder(messages, schema_name, schema, key):
+        if key.startswith("root.0.1/"):  # every attempt of step two
+            return "not json at all"
+        return default_responder(subtasks=("one", "two", "three"), mode="sequential")(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    status = {n.node_id: n.status for n in engine.nodes(sid)}
+    assert status["root.0.0"] == "done" and status["root.0.1"] == "failed" and status["root.0.2"] == "cancelled"
+    assert engine.status(sid)["status"] == "done"  # the supervisor still decides on what was done
+
+
+def test_supervisor_not_done_plans_another_round_with_feedback():
+    verdicts = iter([False, True])
+    plans = []
+
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "supervise":
+            done = next(verdicts)
+            return {"done": done, "report": "final" if done else "partial", "feedback": "" if done else "add a conclusion"}
+        if schema_name == "break_down_goal":
+            plans.append(messages[-1]["content"])
+        return default_responder()(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    assert engine.status(sid)["status"] == "done" and engine.status(sid)["report"] == "final"
+    assert len(plans) == 2 and "add a conclusion" in plans[1] and "did first part" in plans[1]
+    ids = {n.node_id for n in engine.nodes(sid)}
+    assert {"root.2.0", "root.2.1", "root.3.0"} <= ids  # round-2 workers and second supervisor
+
+
+def test_max_rounds_fails_the_branch_naming_the_budget():
+    engine = make_engine(default_responder(done=False), budgets={"max_rounds": 2})
+    sid = run_goal(engine)
+    st = engine.status(sid)
+    assert st["status"] == "failed" and "budget max_rounds=2" in st["error"]
+
+
+@pytest.mark.parametrize(
+    "budgets, needle",
+    [
+        ({"max_nodes": 3}, "budget max_nodes=3"),
+        ({"max_llm_calls": 2}, "budget max_llm_calls=2"),
+        ({"max_tokens": 50}, "budget max_tokens=50"),
+    ],
+)
+def test_budgets_fail_a_branch_and_the_swarm_still_ends(budgets, needle):
+    engine = make_engine(default_responder(subtasks=("a", "b", "c")), budgets=budgets)
+    sid = run_goal(engine)
+    st = engine.status(sid)
+    errors = " ".join(n.error or "" for n in engine.nodes(sid)) + (st["error"] or "")
+    assert needle in errors
+    assert st["status"] in ("done", "failed")
+    assert not engine.dispatcher.errors
+
+
+def test_recursive_planner_is_bounded_by_depth_and_nodes():
+    # A planner that always delegates to another manager must still end.
+    engine = make_engine(default_responder(subtasks=("x", "y"), action="break_down_goal"), budgets={"max_depth": 3, "max_nodes": 40})
+    sid = run_goal(engine)
+    nodes = engine.nodes(sid)
+    assert engine.status(sid)["status"] in ("done", "failed")
+    assert max(n.blueprint.depth for n in nodes) <= 3 and len(nodes) <= 40
+    # at the depth limit the planner is not offered managers
+    deepest = [n for n in nodes if n.blueprint.depth == 2 and n.blueprint.action == "break_down_goal"]
+    assert deepest and all(c.startswith(d.node_id) for d in deepest for c in d.children)
+
+
+class Recorder:
+    """A dispatcher that only records deliveries; the test delivers them itself."""
+
+    def __init__(self):
+        self.queue = []
+
+    def bind(self, engine):
+        self.engine = engine
+
+    def dispatch(self, swarm_id, bp):
+        self.queue.append((swarm_id, bp))
+
+
+def drain_twice_concurrently(engine, dispatcher):
+    """Deliver every blueprint twice at the same instant, as an at-least-once queue may."""
+    while dispatcher.queue:
+        batch, dispatcher.queue = dispatcher.queue, []
+        for swarm_id, bp in batch:
+            barrier = threading.Barrier(2)
+
+            def deliver():
+                barrier.wait()
+                engine.execute_node(swarm_id, bp)
+
+            threads = [threading.Thread(target=deliver) for _ in range(2)]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+
+
+def test_duplicate_concurrent_deliveries_run_each_action_once():
+    calls = Counter()
+
+    def responder(messages, schema_name, schema, key):
+        calls[key] += 1
+        return default_responder(subtasks=("a", "b", "c"))(messages, schema_name, schema, key)
+
+    dispatcher = Recorder()
+    engine = make_engine(responder, dispatcher=dispatcher)
+    sid, _ = engine.load_goal("Do a thing")
+    drain_twice_concurrently(engine, dispatcher)
+    assert engine.status(sid)["status"] == "done"
+    assert all(n == 1 for n in calls.values()), calls
+    assert len(engine.nodes(sid)) == 5
+    outcomes = Counter((e.node_id, e.round) for e in kinds(engine, sid, "outcome"))
+    assert all(n == 1 for n in outcomes.values()), outcomes
+
+
+def test_redelivering_finished_nodes_changes_nothing():
+    engine = make_engine(default_responder())
+    sid = run_goal(engine)
+    store = engine.state
+    before = {k: store.read(k) for k in store.list(f"swarms/{sid}/")}
+    events_before = len(engine.events(sid))
+    for n in engine.nodes(sid):
+        for rnd in range(n.blueprint.round + 1):
+            engine.execute_node(sid, n.blueprint.model_copy(update={"round": rnd}).model_dump())
+    engine.dispatcher.wait(10)
+    after = {k: store.read(k) for k in store.list(f"swarms/{sid}/")}
+    assert after == before and len(engine.events(sid)) == events_before
+
+
+def test_ask_user_waits_on_its_branch_while_the_rest_goes_on():
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "write_text" and task_of(messages) == "b":
+            content = messages[-1]["content"]
+            if "The user answered" in content:
+                assert "blue" in content
+                return {"report": "did b in blue", "question": None}
+            return {"report": "", "question": "Which colour?"}
+        return default_responder(subtasks=("a", "b"))(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    st = engine.status(sid)
+    assert st["status"] == "waiting_user"
+    assert st["waiting"] == [{"node_id": "root.0.1", "question": "Which colour?"}]
+    assert {n.node_id: n.status for n in engine.nodes(sid)}["root.0.0"] == "done"
+    with pytest.raises(NotWaiting):
+        engine.answer(sid, "root.0.0", "blue")
+    engine.answer(sid, "root.0.1", "blue")
+    engine.dispatcher.wait(30)
+    assert engine.status(sid)["status"] == "done"
+    assert "did b in blue" in [r.report for r in engine.read_join(sid, "root", 0)]
+
+
+def test_invalid_answer_is_repaired_then_fails_cleanly():
+    bad = Counter()
+
+    def responder(messages, schema_name, schema, key):
+        task = {"root.0.0": "a", "root.0.1": "b"}.get(key.split("/")[0])
+        if task:
+            bad[task] += 1
+            if task == "a" and bad[task] == 1:
+                assert "invalid" not in messages[-1]["content"]
+                return '{"report": 12'  # truncated JSON
+            if task == "b":
+                return {"wrong": "shape"}
+            return {"report": "did a", "question": None}
+        return default_responder(subtasks=("a", "b"))(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    nodes = {n.node_id: n for n in engine.nodes(sid)}
+    assert nodes["root.0.0"].status == "done" and bad["a"] == 2
+    assert nodes["root.0.1"].status == "failed" and bad["b"] == 3  # 1 try + max_repairs=2
+    assert "write_text: no valid answer after 3 attempts" in nodes["root.0.1"].error
+    assert "report: Field required" in nodes["root.0.1"].error
+    assert engine.status(sid)["status"] == "done"
+    calls = [e for e in kinds(engine, sid, "outcome") if e.node_id == "root.0.1"][0].llm_calls
+    assert "Your answer was invalid" in calls[1].messages[-1]["content"]
+
+
+def test_an_action_that_raises_fails_its_node_not_the_worker(monkeypatch):
+    import swarm_core.actions as actions
+
+    def boom(ctx):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(actions, "write_python", boom)
+    engine = make_engine(default_responder(subtasks=("a",), action="write_python"))
+    sid = run_goal(engine)
+    node = {n.node_id: n for n in engine.nodes(sid)}["root.0.0"]
+    assert node.status == "failed" and "RuntimeError: kaboom" in node.error
+    assert engine.status(sid)["status"] == "done" and not engine.dispatcher.errors
+
+
+def test_replay_from_history_gives_the_same_tree_without_the_model():
+    engine = make_engine(default_responder(subtasks=("a", "b", "c")))
+    sid = run_goal(engine)
+    replay = make_engine(lambda *a: pytest.fail("replay must not call the model"), store=engine.state.uri)
+    replay._transport = RecordedTransport(engine.recorded_answers(sid), "test")
+    rid = run_goal(replay, engine.header(sid).goal)
+    shape = lambda e, s: [(n.node_id, n.blueprint.action, n.status, n.report) for n in e.nodes(s)]  # noqa: E731
+    assert shape(replay, rid) == shape(engine, sid)
+
+
+def test_bad_input_is_refused_and_nothing_is_overwritten():
+    engine = make_engine()
+    with pytest.raises(SwarmError, match="empty"):
+        engine.load_goal("   ")
+    with pytest.raises(SwarmError, match="limit is 20000"):
+        engine.load_goal("x" * 20001)
+    with pytest.raises(SwarmError, match="max_nodes"):
+        engine.load_goal("ok", budgets={"max_nodes": 0})
+    for bad in ("../../etc/passwd", "sw_" + "A" * 26, "", "sw_0000"):
+        with pytest.raises(InvalidId):
+            engine.header(bad)
+    with pytest.raises(ValueError, match="invalid node id"):
+        NodeBlueprint(node_id="../x", action="write_text")
+    sid = run_goal(engine)
+    key = engine.node_key(sid, "root.0.0")
+    engine.state.write(key, b'{"blueprint": {"node_id": "root.0.0"')
+    with pytest.raises(CorruptRecord, match=r"corrupted record swarms/.*/nodes/root.0.0.json"):
+        engine.nodes(sid)
+    with pytest.raises(CorruptRecord):
+        engine.execute_node(sid, {"node_id": "root.0.0", "action": "write_text"})
+    assert engine.state.read(key) == b'{"blueprint": {"node_id": "root.0.0"'
+
+
+def test_forged_payload_cannot_change_what_a_node_does():
+    dispatcher = Recorder()
+    engine = make_engine(dispatcher=dispatcher)
+    sid, _ = engine.load_goal("Do a thing")
+    _, bp = dispatcher.queue.pop()
+    forged = bp.model_copy(update={"action": "write_python", "input": {"task": "rm -rf /"}})
+    engine.execute_node(sid, forged)
+    rec, _ = engine.node(sid, "root")
+    assert rec.blueprint.action == "break_down_goal" and rec.blueprint.input == bp.input
+
+
+def test_resume_finishes_a_swarm_whose_deliveries_were_lost():
+    dispatcher = Recorder()
+    engine = make_engine(default_responder(subtasks=("a", "b", "c")), dispatcher=dispatcher)
+    sid, _ = engine.load_goal("Do a thing")
+    # run the root and one child, then "crash": the other deliveries are lost
+    engine.execute_node(*dispatcher.queue.pop(0))
+    engine.execute_node(*dispatcher.queue.pop(0))
+    dispatcher.queue.clear()
+    # a node that was claimed when its worker died
+    rec, version = engine.node(sid, "root.0.1")
+    engine.state.swap(engine.node_key(sid, "root.0.1"), rec.model_copy(update={"status": "running", "lease_until": 1e12}).model_dump_json().encode(), version)
+    fresh = make_engine(default_responder(subtasks=("a", "b", "c")), store=engine.state.uri)
+    fresh.resume(sid)
+    fresh.dispatcher.wait(30)
+    assert fresh.status(sid)["status"] == "done"
+    assert [n.node_id for n in fresh.nodes(sid)] == ["root", "root.0.0", "root.0.1", "root.0.2", "root.1.0"]
+    fresh.resume(sid)  # twice is harmless
+    fresh.dispatcher.wait(30)
+    assert len(kinds(fresh, sid, "swarm_done")) == 1
+
+
+def test_events_are_append_only_objects():
+    engine = make_engine()
+    sid = run_goal(engine)
+    keys = engine.history.list(f"swarms/{sid}/events/")
+    assert keys == sorted(keys) and len(keys) == len(set(keys))
+    assert json.loads(engine.history.read(keys[0]))["kind"] == "created"

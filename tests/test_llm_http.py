@@ -1,0 +1,125 @@
+"""The real `openai` SDK over HTTP against a local OpenAI-compatible stub server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import Reply, run_goal
+from scripted import default_responder
+
+from swarm_core.config import load_blueprint
+from swarm_core.engine import Engine
+from swarm_core.llm import LLMError, LLMSession, LLMSettings, OpenAITransport
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}, "n": {"type": "integer", "minimum": 0}},
+    "required": ["answer", "n"],
+    "additionalProperties": False,
+}
+
+
+def session(stub, **settings) -> LLMSession:
+    s = LLMSettings(base_url=stub.base_url, model="stub-model", max_retries=2, **settings)
+    return LLMSession(transport=OpenAITransport(s), settings=s, key_prefix="root/0")
+
+
+def schema_name_of(req: dict) -> tuple[str, dict]:
+    if "response_format" in req and req["response_format"]["type"] == "json_schema":
+        js = req["response_format"]["json_schema"]
+        return js["name"], js["schema"]
+    tool = req["tools"][0]["function"]
+    return tool["name"], tool["parameters"]
+
+
+def http_responder(script):
+    """Answer each HTTP request from a scripted responder keyed by the request's schema name."""
+
+    def respond(req):
+        name, schema = schema_name_of(req)
+        out = script(req["messages"], name, schema, "")
+        return Reply(content=json.dumps(out), prompt_tokens=100, completion_tokens=20)
+
+    return respond
+
+
+def test_json_schema_request_is_strict_and_answer_validated(stub):
+    stub.queue(Reply(content='{"answer": "yes", "n": 3}'))
+    out = session(stub).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+    assert out == {"answer": "yes", "n": 3}
+    rf = stub.requests[0]["response_format"]
+    assert rf["type"] == "json_schema" and rf["json_schema"]["strict"] is True
+    assert rf["json_schema"]["schema"] == SCHEMA and rf["json_schema"]["name"] == "probe"
+
+
+def test_429_then_success_is_retried_by_the_sdk(stub):
+    stub.queue(Reply(status=429, headers={"retry-after-ms": "1"}), Reply(content='{"answer": "ok", "n": 1}'))
+    s = session(stub)
+    assert s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)["answer"] == "ok"
+    assert len(stub.requests) == 2 and s.usage.llm_calls == 1 and s.usage.prompt_tokens == 10
+
+
+def test_invalid_json_is_repaired_with_the_error(stub):
+    stub.queue(Reply(content='{"answer": "x", "n": -4}'), Reply(content='{"answer": "x", "n": 4}'))
+    s = session(stub)
+    assert s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)["n"] == 4
+    repair = stub.requests[1]["messages"]
+    assert repair[-2] == {"role": "assistant", "content": '{"answer": "x", "n": -4}'}
+    assert "n: Input should be greater than or equal to 0" in repair[-1]["content"]
+    assert len(s.calls) == 2 and s.calls[0].error
+
+
+def test_invalid_twice_raises_a_clean_error(stub):
+    stub.queue(Reply(content="nope"), Reply(content="{}"))
+    s = session(stub, max_repairs=1)
+    with pytest.raises(LLMError, match=r"probe: no valid answer after 2 attempts; last problem: answer: Field required"):
+        s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+
+
+def test_refusal_and_server_errors_are_reported(stub):
+    stub.queue(Reply(refusal="I can't help with that"), Reply(content='{"answer": "a", "n": 0}'))
+    s = session(stub)
+    s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+    assert "the model refused: I can't help with that" in s.calls[0].error
+    stub.queue(*[Reply(status=500, content="boom")] * 3)
+    with pytest.raises(LLMError, match="HTTP 500: boom"):
+        session(stub).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+
+
+@pytest.mark.parametrize("mode", ["json_object_schema", "tools", "prompt"])
+def test_every_structured_output_mode_builds_its_request_and_validates(stub, mode):
+    if mode == "tools":
+        stub.queue(Reply(tool_args='{"answer": "t", "n": 2}'))
+    else:  # chatty text around the JSON is tolerated in every non-strict mode
+        stub.queue(Reply(content='Sure!\n```json\n{"answer": "t", "n": 2}\n```'))
+    assert session(stub, mode=mode).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)["n"] == 2
+    req = stub.requests[0]
+    if mode == "json_object_schema":
+        assert req["response_format"] == {"type": "json_object", "schema": SCHEMA}
+    elif mode == "tools":
+        assert req["tool_choice"] == {"type": "function", "function": {"name": "probe"}}
+        assert req["tools"][0]["function"]["parameters"] == SCHEMA
+    else:
+        assert "response_format" not in req and "tools" not in req
+        assert json.dumps(SCHEMA) in req["messages"][0]["content"]
+
+
+def test_a_whole_swarm_over_http_records_usage_and_history(stub, monkeypatch):
+    stub.responder = http_responder(default_responder(subtasks=("a", "b")))
+    monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-4242")
+    bp = load_blueprint()
+    bp.stores.state = "memory://http-e2e"
+    bp.llm = bp.llm.model_copy(update={"model": "stub-model", "max_retries": 1})
+    engine = Engine(bp)
+    sid = run_goal(engine, "Write two things")
+    st = engine.status(sid)
+    assert st["status"] == "done"
+    assert st["usage"] == {"llm_calls": 4, "prompt_tokens": 400, "completion_tokens": 80, "seconds": st["usage"]["seconds"]}
+    assert len(stub.requests) == 4 and {r["model"] for r in stub.requests} == {"stub-model"}
+    assert sum(n.usage.prompt_tokens for n in engine.nodes(sid)) == 400
+    answers = engine.recorded_answers(sid)
+    assert len(answers) == 4 and "root/0/0" in answers
+    stored = b"".join(engine.state.read(k) for k in engine.state.list(f"swarms/{sid}/"))
+    assert b"sk-test-secret-4242" not in stored  # the key reaches the server, never storage
