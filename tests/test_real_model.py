@@ -1,0 +1,41 @@
+"""A whole swarm against a real model: SmolLM2-135M served by llama-cpp-python on loopback.
+
+The model is tiny, so this asserts the mechanics (structured output enforced by the server's
+grammar, validation, usage, a swarm that ends), not the quality of what it writes.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import run_goal
+
+from swarm_core.config import load_blueprint
+from swarm_core.engine import Engine
+from swarm_core.models import TERMINAL
+
+pytestmark = pytest.mark.real_model
+
+
+def test_swarm_against_smollm2_ends_cleanly_with_usage(smollm2_url, monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_BASE_URL", smollm2_url)
+    bp = load_blueprint()
+    bp.stores.state = f"file://{tmp_path}"
+    # llama-cpp-python enforces only its own {"type": "json_object", "schema": ...} form.
+    bp.llm = bp.llm.model_copy(update={"model": "smollm2", "mode": "json_object_schema", "max_tokens": 400, "max_retries": 1})
+    bp.budgets = bp.budgets.model_copy(update={"max_nodes": 8, "max_rounds": 1, "max_depth": 2, "max_llm_calls": 20})
+    engine = Engine(bp)
+    sid = run_goal(engine, "Write a haiku about the sea and translate it to French.")
+    st = engine.status(sid)
+    for _ in range(3):  # a tiny model may ask the user something: answer, the branch goes on
+        if st["status"] != "waiting_user":
+            break
+        for waiting in st["waiting"]:
+            engine.answer(sid, waiting["node_id"], "Use your best judgement.")
+        engine.dispatcher.wait(300)
+        st = engine.status(sid)
+    assert st["status"] in ("done", "failed")
+    assert all(n.status in TERMINAL for n in engine.nodes(sid))
+    assert st["usage"]["llm_calls"] >= 2 and st["usage"]["prompt_tokens"] > 0 and st["usage"]["completion_tokens"] > 0
+    assert not engine.dispatcher.errors
+    root_call = engine.events(sid)[1].llm_calls[0]
+    assert root_call.schema_name == "break_down_goal" and root_call.completion_tokens > 0
