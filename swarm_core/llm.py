@@ -257,9 +257,10 @@ class OpenAITransport:
         s = self.settings
         kwargs: dict[str, Any] = {"model": s.model, "temperature": s.temperature, "max_tokens": s.max_tokens}
         if s.mode == "json_schema":
+            strict = _is_strict(schema)
             kwargs["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": schema_name, "schema": schema, "strict": _is_strict(schema)},
+                "json_schema": {"name": schema_name, "schema": _portable(schema) if strict else schema, "strict": strict},
             }
         elif s.mode == "json_object_schema":
             kwargs["response_format"] = {"type": "json_object", "schema": schema}
@@ -304,6 +305,22 @@ def _schema_hint(schema: dict) -> dict:
         "content": "Answer with only one JSON object that matches this JSON Schema, no prose:\n"
         + json.dumps(schema),
     }
+
+
+_BOUNDS = {"minLength", "maxLength", "minItems", "maxItems", "minimum", "maximum", "pattern", "format", "default"}
+
+
+def _portable(schema: Any) -> Any:
+    """The strict subset every json_schema server accepts: bounds are dropped here and
+    enforced by our own validation (and repair) instead."""
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v for k, v in schema.items() if k not in _BOUNDS}
+    if "properties" in out:  # property names are not keywords: keep every one
+        out["properties"] = {name: _portable(sub) for name, sub in out["properties"].items()}
+    if "items" in out:
+        out["items"] = _portable(out["items"])
+    return out
 
 
 def _is_strict(schema: dict) -> bool:

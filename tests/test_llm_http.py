@@ -50,7 +50,16 @@ def test_json_schema_request_is_strict_and_answer_validated(stub):
     assert out == {"answer": "yes", "n": 3}
     rf = stub.requests[0]["response_format"]
     assert rf["type"] == "json_schema" and rf["json_schema"]["strict"] is True
-    assert rf["json_schema"]["schema"] == SCHEMA and rf["json_schema"]["name"] == "probe"
+    assert rf["json_schema"]["name"] == "probe"
+    # length/number bounds are left out of strict schemas (not every server accepts them) ...
+    assert rf["json_schema"]["schema"]["properties"]["n"] == {"type": "integer"}
+
+
+def test_bounds_left_out_of_the_request_are_still_enforced(stub):
+    stub.queue(Reply(content='{"answer": "x", "n": -1}'), Reply(content='{"answer": "x", "n": 1}'))
+    s = session(stub)
+    assert s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)["n"] == 1  # ... but validated here
+    assert "greater than or equal to 0" in s.calls[0].error
 
 
 def test_429_then_success_is_retried_by_the_sdk(stub):
