@@ -47,7 +47,7 @@ class FileStore(Store):
         try:
             with open(self._path(key), "rb") as f:
                 return f.read()
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise KeyNotFound(f"{key} not found in {self.uri}") from None
 
     def write(self, key: str, data: bytes) -> None:
@@ -86,7 +86,7 @@ class FileStore(Store):
             try:
                 with open(path, "rb") as f:
                     current = _version(f.read())
-            except FileNotFoundError:
+            except (FileNotFoundError, IsADirectoryError):
                 return False
             if current != expected_version:
                 return False
@@ -118,6 +118,8 @@ class FileStore(Store):
 
     def delete(self, key: str) -> None:
         path = self._path(key)
+        if not os.path.isfile(path):
+            raise KeyNotFound(f"{key} not found in {self.uri}")
         try:
             self.fs.rm_file(path)
         except FileNotFoundError:

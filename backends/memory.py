@@ -44,14 +44,14 @@ class MemoryStore(Store):
 
     def create(self, key: str, data: bytes) -> bool:
         with self._lock:
-            if self.fs.exists(self._path(key)):
+            if self.fs.isfile(self._path(key)):
                 return False
             self._put(key, data)
             return True
 
     def swap(self, key: str, data: bytes, expected_version: str) -> bool:
         with self._lock:
-            if not self.fs.exists(self._path(key)) or self._ver(key) != expected_version:
+            if not self.fs.isfile(self._path(key)) or self._ver(key) != expected_version:
                 return False
             self._put(key, data)
             return True
@@ -62,7 +62,7 @@ class MemoryStore(Store):
 
     def version(self, key: str) -> str:
         with self._lock:
-            if not self.fs.exists(self._path(key)):
+            if not self.fs.isfile(self._path(key)):
                 raise KeyNotFound(f"{key} not found in {self.uri}")
             return self._ver(key)
 

@@ -1,0 +1,321 @@
+"""The storage contract (DESIGN.md §3), one suite run against every backend.
+
+`store_uri` (tests/emulators.py) gives each test a fresh location on file,
+memory, S3 (moto), GCS (fake-gcs-server), Azure (Azurite) and Firestore (its
+emulator); the emulators start once per session, when first needed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from emulators import *  # noqa: F401,F403  (store_uri and the session emulators)
+from swarm_core.store import KeyNotFound, Store, StoreError, check_key, open_store
+
+pytestmark = pytest.mark.emulator
+
+CLASSES = {"file": "FileStore", "memory": "MemoryStore", "s3": "S3Store", "gs": "GCSStore",
+           "az": "AzureStore", "firestore": "FirestoreStore"}
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def store(store_uri) -> Store:
+    return open_store(store_uri)
+
+
+def _race(n: int, fn):
+    """Run fn(i) on n threads released together; return the results in order."""
+    start = threading.Barrier(n)
+
+    def run(i):
+        start.wait()
+        return fn(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+def test_read_write_list_delete(store):
+    store.write("a/one.json", b'{"n": 1}')
+    store.write("a/two.json", b"2")
+    store.write("b/three", b"3")
+    store.write("empty", b"")
+    assert store.read("a/one.json") == b'{"n": 1}'
+    assert store.read("empty") == b""
+    store.write("a/one.json", b"rewritten")
+    assert store.read("a/one.json") == b"rewritten"
+    assert store.list("a/") == ["a/one.json", "a/two.json"]
+    assert store.list("a") == ["a/one.json", "a/two.json"]  # a prefix names a folder
+    assert store.list("") == ["a/one.json", "a/two.json", "b/three", "empty"]
+    assert store.list("nothing/") == []
+    assert store.exists("b/three") and not store.exists("b/four")
+    store.delete("a/two.json")
+    assert store.list("a/") == ["a/one.json"]
+    assert not store.exists("a/two.json")
+
+
+def test_missing_keys_raise_key_not_found(store):
+    for op in (store.read, store.version, store.delete, store.read_versioned):
+        with pytest.raises(KeyNotFound) as err:
+            op("no/such/key.json")
+        assert isinstance(err.value, StoreError) and isinstance(err.value, KeyError)
+        assert "no/such/key.json" in str(err.value)
+    assert store.swap("no/such/key.json", b"x", "1") is False
+    assert not store.exists("no/such/key.json")
+
+
+def test_a_folder_is_not_a_key(store):
+    store.write("dir/file", b"x")
+    for op in (store.read, store.version, store.delete):
+        with pytest.raises(KeyNotFound):
+            op("dir")
+    assert not store.exists("dir")
+    assert store.read("dir/file") == b"x"
+
+
+def test_unicode_content_and_deep_keys(store):
+    text = "héllo wörld — 你好, мир 🌍\n\x00\xff".encode()
+    deep = "/".join(f"level{i}" for i in range(12)) + "/leaf-file_v1.2.json"
+    store.write(deep, text)
+    assert store.read(deep) == text
+    assert store.list("level0/") == [deep]
+    assert store.list("level0/level1/level2/") == [deep]
+    assert store.list("level0/level1/x/") == []
+
+
+def test_invalid_keys_are_rejected(store):
+    store.write("ok", b"1")
+    for bad in ("../x", "a/../../x", "/abs", "a//b", "./a", "a/", "", "a b", "a\\b", "..", "é"):
+        for op in (store.read, store.version, store.delete, lambda k: store.write(k, b"x"),
+                   lambda k: store.create(k, b"x"), lambda k: store.swap(k, b"x", "1")):
+            with pytest.raises(StoreError) as err:
+                op(bad)
+            assert not isinstance(err.value, KeyNotFound), bad
+    assert store.list("") == ["ok"]
+
+
+def test_versions_change_on_write_and_guard_swap(store):
+    store.write("v", b"one")
+    first = store.version("v")
+    assert store.read_versioned("v") == (b"one", first)
+    store.write("v", b"two")
+    second = store.version("v")
+    assert second != first
+    assert store.swap("v", b"three", first) is False  # stale
+    assert store.swap("v", b"three", "not-a-version") is False
+    assert store.read("v") == b"two"
+    assert store.swap("v", b"three", second) is True
+    data, third = store.read_versioned("v")
+    assert data == b"three" and third not in (first, second)
+    assert store.create("v", b"again") is False
+    assert store.read("v") == b"three"
+
+
+def test_ten_mib_object_round_trip(store):
+    big = os.urandom(10 * MIB) + b"tail"
+    store.write("blobs/big.bin", big)
+    assert store.read("blobs/big.bin") == big
+    data, ver = store.read_versioned("blobs/big.bin")
+    assert data == big
+    # conditional writes of big values hold too (GCS: no resumable upload; Firestore: chunked)
+    assert store.create("blobs/made.bin", big) is True
+    assert store.create("blobs/made.bin", big[::-1]) is False
+    assert store.read("blobs/made.bin") == big
+    assert store.swap("blobs/big.bin", b"small now", ver) is True
+    assert store.swap("blobs/big.bin", big, ver) is False
+    assert store.read("blobs/big.bin") == b"small now"
+    store.write("blobs/big.bin", big[::-1])
+    assert store.read("blobs/big.bin") == big[::-1]
+    store.delete("blobs/made.bin")
+    assert store.list("blobs/") == ["blobs/big.bin"]
+
+
+def test_create_if_absent_raced_by_16_threads(store):
+    for rnd in range(3):
+        key = f"joins/parent/{rnd}/resumed"
+        won = _race(16, lambda i: store.create(key, f"winner-{i}".encode()))
+        assert won.count(True) == 1, won
+        assert store.read(key) == f"winner-{won.index(True)}".encode()
+
+
+def test_compare_and_swap_counter_raced_by_4_threads(store_uri, store):
+    threads = 4
+    per_thread = 25
+    store.write("counter", b"0")
+
+    def increment(_):
+        tries = 0
+        for _ in range(per_thread):
+            while True:
+                tries += 1
+                data, ver = store.read_versioned("counter")
+                if store.swap("counter", str(int(data) + 1).encode(), ver):
+                    break
+        return tries
+
+    attempts = _race(threads, increment)
+    assert int(store.read("counter")) == threads * per_thread, attempts
+
+
+def test_listing_thousands_of_keys(store):
+    keys = [f"events/{i:06d}-node{i % 7}-done.json" for i in range(2000)]
+    others = ["events2/x.json", "event", "other/events/y.json"]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: store.write(k, k.encode()), keys + others))
+    assert store.list("events/") == keys
+    assert len(store.list("")) == len(keys) + len(others)
+
+
+def _lose_first_answer(store, monkeypatch):
+    """Make the next conditional write land but lose its answer, the way a dropped connection does (once)."""
+    lost = []
+
+    def once(real, make_error):
+        def call(*args, **kwargs):
+            result = real(*args, **kwargs)
+            if lost:
+                return result
+            lost.append(True)
+            raise make_error(args, kwargs)
+        return call
+
+    scheme = store.uri.partition("://")[0]
+    if scheme == "s3":  # botocore retried after the lost answer and met its own put: 412 after a retry
+        from botocore.exceptions import ClientError
+        real = store.client.put_object
+
+        def put_twice(**kw):
+            if lost:
+                return real(**kw)
+            lost.append(True)
+            real(**kw)
+            try:
+                return real(**kw)
+            except ClientError as exc:
+                exc.response["ResponseMetadata"]["RetryAttempts"] = 1
+                raise
+        monkeypatch.setattr(store.client, "put_object", put_twice)
+    elif scheme == "gs":
+        import requests
+        monkeypatch.setattr(store.session, "post", once(store.session.post,
+                                                        lambda a, k: requests.ConnectionError("reset")))
+    elif scheme == "az":
+        from azure.core.exceptions import ServiceResponseError
+        from azure.storage.blob import BlobClient
+        monkeypatch.setattr(BlobClient, "upload_blob", once(BlobClient.upload_blob,
+                                                            lambda a, k: ServiceResponseError("reset")))
+    elif scheme == "firestore":
+        from google.api_core.exceptions import ServiceUnavailable
+        from google.cloud.firestore_v1.document import DocumentReference
+        monkeypatch.setattr(DocumentReference, "create", once(DocumentReference.create,
+                                                              lambda a, k: ServiceUnavailable("reset")))
+    return lost
+
+
+@pytest.mark.parametrize("store_uri", ["s3", "gcs", "azure", "firestore"], indirect=True)
+def test_a_retried_create_that_had_landed_still_wins(store_uri, store, monkeypatch):
+    store.write("warm", b"")  # the bucket exists: the lost answer is the create's own
+    lost = _lose_first_answer(store, monkeypatch)
+    assert store.create("joins/p/0/resumed", b"mine") is True
+    assert lost, "the fault was not injected"
+    assert store.create("joins/p/0/resumed", b"theirs") is False
+    assert store.read("joins/p/0/resumed") == b"mine"
+
+
+def test_open_store_picks_the_backend_by_uri(store_uri):
+    scheme = store_uri.partition("://")[0]
+    opened = open_store(store_uri)
+    assert type(opened).__name__ == CLASSES[scheme]
+    assert type(opened).__module__.startswith("backends.")
+    assert opened.uri.partition("://")[0] == scheme
+
+
+def test_cloud_sdks_are_imported_only_by_their_backend():
+    code = ("import sys, swarm_core.store, backends.local, backends.memory; "
+            "from swarm_core.store import open_store; open_store('memory://x'); "
+            "sdks = ('boto3', 's3fs', 'gcsfs', 'adlfs', 'google.cloud.storage', 'google.cloud.firestore', "
+            "'azure.storage.blob', 'backends.s3', 'backends.gcs', 'backends.azure', 'backends.firestore'); "
+            "print(','.join(m for m in sdks if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+
+
+class MyStore(Store):
+    """A user's own adapter: a dict guarded by a lock, registered by dotted path."""
+
+    def __init__(self, name: str = ""):
+        self.uri = f"mystore://{name}"
+        self.objects: dict[str, tuple[bytes, int]] = {}
+        self.lock = threading.Lock()
+        self.writes = 0
+
+    def _put(self, key, data):
+        self.writes += 1
+        self.objects[key] = (bytes(data), self.writes)
+
+    def read(self, key):
+        return self.read_versioned(key)[0]
+
+    def read_versioned(self, key):
+        with self.lock:
+            if check_key(key) not in self.objects:
+                raise KeyNotFound(f"{key} not found in {self.uri}")
+            data, ver = self.objects[key]
+            return data, str(ver)
+
+    def write(self, key, data):
+        with self.lock:
+            self._put(check_key(key), data)
+
+    def create(self, key, data):
+        with self.lock:
+            if check_key(key) in self.objects:
+                return False
+            self._put(key, data)
+            return True
+
+    def swap(self, key, data, expected_version):
+        with self.lock:
+            if check_key(key) not in self.objects or str(self.objects[key][1]) != expected_version:
+                return False
+            self._put(key, data)
+            return True
+
+    def version(self, key):
+        return self.read_versioned(key)[1]
+
+    def list(self, prefix):
+        folder = prefix.strip("/")
+        with self.lock:
+            return sorted(k for k in self.objects if not folder or k.startswith(folder + "/"))
+
+    def delete(self, key):
+        with self.lock:
+            if self.objects.pop(check_key(key), None) is None:
+                raise KeyNotFound(f"{key} not found in {self.uri}")
+
+
+def test_a_users_adapter_registered_by_dotted_path():
+    for spec in (f"{__name__}:MyStore?team-a", f"{__name__}.MyStore?team-a"):
+        mine = open_store(spec)
+        assert type(mine).__name__ == "MyStore" and mine.uri == "mystore://team-a"
+        assert mine.create("joins/p/0/resumed", b"me") and not mine.create("joins/p/0/resumed", b"you")
+        data, ver = mine.read_versioned("joins/p/0/resumed")
+        assert mine.swap("joins/p/0/resumed", b"next", ver) and not mine.swap("joins/p/0/resumed", b"x", ver)
+        assert mine.list("joins/") == ["joins/p/0/resumed"]
+        mine.delete("joins/p/0/resumed")
+        with pytest.raises(KeyNotFound):
+            mine.read("joins/p/0/resumed")
+    with pytest.raises(StoreError, match="not a swarm_core.store.Store subclass"):
+        open_store(f"{__name__}:CLASSES")
+    with pytest.raises(StoreError, match="cannot load"):
+        open_store(f"{__name__}:NoSuchStore")
