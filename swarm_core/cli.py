@@ -22,6 +22,7 @@ from .config import ConfigError
 from .engine import CorruptRecord, Engine, SwarmError, check_goal
 from .models import InvalidId, NodeRecord
 from .runtime import build_engine, llm_source_for
+from .serve import add_serve_parser
 from .store import StoreError
 
 EXIT = {"done": 0, "failed": 1, "running": 1, "waiting_user": 3}
@@ -124,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
         (["node_id"], {"metavar": "NODE"}),
         (["text"], {"metavar": "TEXT"}),
     )
+    add_serve_parser(sub, common)
     return parser
 
 

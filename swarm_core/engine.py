@@ -283,6 +283,30 @@ class Engine:
         self._event(swarm_id, Event(kind="answered", node_id=node_id, round=rec.blueprint.round, data={"answer": text}))
         self.dispatcher.dispatch(swarm_id, rec.blueprint.model_copy(update={"round": rec.blueprint.round + 1}))
 
+    def fail_node(self, swarm_id: str, blueprint: NodeBlueprint, error: str, *, claimed: bool = False) -> bool:
+        """Give up on a delivery that keeps failing: mark the node failed with `error` and terminate
+        it like any failed node, so its parent resumes and the swarm still ends. Only while the
+        record is where this delivery would have taken it from (pending, or waiting for this
+        resume); `claimed` also allows `running` (the claimer itself crashed). True if failed here."""
+        rec, version = self.node(swarm_id, blueprint.node_id)
+        current = rec.blueprint.round
+        first_run = rec.status == "pending" and blueprint.round == current
+        resume = rec.status in ("waiting_children", "waiting_user") and blueprint.round == current + 1
+        mine = claimed and rec.status == "running" and blueprint.round == current
+        if not (first_run or resume or mine):
+            return False  # terminal, or it moved on without this delivery
+        header = self.header(swarm_id)
+        fail = Fail(error=error)
+        failed = rec.model_copy(
+            update={"status": "failed", "error": error, "outcome": fail, "lease_until": None, "updated_at": now()}
+        )
+        if not self.state.swap(self.node_key(swarm_id, rec.node_id), dump(failed), version):
+            return False
+        data = {"action": rec.blueprint.action, "outcome": fail.model_dump(), "delivery_failed": True}
+        self._event(swarm_id, Event(kind="outcome", node_id=rec.node_id, round=current, data=data))
+        self._terminate(header, failed)
+        return True
+
     def resume(self, swarm_id: str) -> int:
         """Finish a swarm whose workers died: re-deliver whatever was left in flight.
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import ConfigError, SwarmBlueprint, load_blueprint
 from .dispatch import Dispatcher
+from .dispatchers import make_dispatcher
 from .actions import ActionError
 from .engine import Engine
 from .store import StoreError
@@ -56,6 +57,6 @@ def build_engine(
     if store:
         bp = bp.model_copy(update={"stores": bp.stores.model_copy(update={"state": store})})
     try:
-        return Engine(bp, dispatcher=dispatcher)
+        return Engine(bp, dispatcher=dispatcher or make_dispatcher(bp))  # SWARM_DISPATCHER / [dispatcher] kind
     except (StoreError, ActionError) as exc:  # the store or actions named in the configuration are unusable
         raise ConfigError(str(exc)) from None

@@ -1,0 +1,177 @@
+"""`swarm serve`: the two functions on this machine, as the cloud runs them.
+
+Starts functions-framework twice — `load_goal` on PORT, `execute_node` on PORT+1 — as
+separate processes with the `http` dispatcher, so every node is its own HTTP invocation
+and nothing survives in memory between them: `curl -X POST localhost:PORT -d '{"goal": …}'`
+runs a whole swarm, and `swarm status ID` / `swarm tree ID` show it from the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .config import ConfigError, load_blueprint
+
+TARGETS = ("load_goal", "execute_node")
+
+
+def add_serve_parser(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register `swarm serve` on the CLI's subparsers (`common` carries --store/--blueprint/--json/-v)."""
+    p = subparsers.add_parser(
+        "serve",
+        help="run load_goal and execute_node locally under functions-framework (http dispatcher)",
+        description=__doc__.split("\n\n")[1],
+        parents=[common],
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, loopback)")
+    p.add_argument("--port", type=int, default=8080, help="load_goal's port; execute_node gets PORT+1 (default 8080)")
+    p.add_argument("--threads", type=int, default=64, help="request threads per function (default 64): one per running node")
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def main_source() -> Path:
+    spec = importlib.util.find_spec("functions.main")
+    if spec is None or not spec.origin:
+        raise ConfigError("functions/main.py is not importable: install swarm (pip install -e .)")
+    return Path(spec.origin)
+
+
+def _store_uri(args) -> str:
+    uri = getattr(args, "store", None) or os.environ.get("SWARM_STORE") or load_blueprint(getattr(args, "blueprint", None)).stores.state
+    if uri.startswith("memory://"):
+        raise ConfigError("swarm serve runs two processes: use a store both see (file://, gs://, az://, s3://), not memory://")
+    if uri.startswith("file://"):
+        return "file://" + os.path.abspath(os.path.expanduser(uri[len("file://"):] or "./.swarm"))
+    return uri
+
+
+def _wait_port(host: str, port: int, proc: subprocess.Popen, deadline: float) -> bool:
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def function_env(host: str, port: int, *, store: str, blueprint: str | None = None, threads: int = 64, env: dict | None = None) -> dict:
+    """The environment both functions run with: the http dispatcher pointing at PORT+1."""
+    base = dict(os.environ if env is None else env)
+    base.update(
+        SWARM_DISPATCHER="http",
+        SWARM_EXECUTE_NODE_URL=f"http://{host}:{port + 1}/",
+        SWARM_STORE=store,
+        THREADS=str(threads),
+        PYTHONUNBUFFERED="1",
+    )
+    if blueprint:
+        base["SWARM_BLUEPRINT"] = str(Path(blueprint).resolve()) if Path(blueprint).exists() else blueprint
+    return base
+
+
+def spawn(target: str, host: str, port: int, env: dict, **popen) -> subprocess.Popen:
+    """One functions-framework process serving `target` (a function of functions/main.py)."""
+    env = {**env, "XDG_RUNTIME_DIR": tempfile.mkdtemp(prefix=f"swarm-{target}-")}  # a gunicorn control socket each
+    cmd = [sys.executable, "-m", "functions_framework", "--target", target, "--source", str(main_source()), "--host", host, "--port", str(port)]
+    popen.setdefault("start_new_session", True)  # Ctrl-C reaches `swarm serve`, which stops them gracefully
+    return subprocess.Popen(cmd, env=env, **popen)
+
+
+def wait_ready(host: str, port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    if not _wait_port(host, port, proc, time.time() + timeout_s):
+        raise ConfigError(f"functions-framework did not start on {host}:{port} (port in use? see its output)")
+
+
+def start(host: str, port: int, env: dict, **popen) -> tuple[list[subprocess.Popen], dict[str, str]]:
+    """Start both functions (load_goal on PORT, execute_node on PORT+1); returns processes and URLs."""
+    urls = {t: f"http://{host}:{port + i}/" for i, t in enumerate(TARGETS)}
+    procs = [spawn(t, host, port + i, env, **popen) for i, t in enumerate(TARGETS)]
+    try:
+        for i, proc in enumerate(procs):
+            wait_ready(host, port + i, proc)
+    except ConfigError:
+        stop(procs)
+        raise
+    return procs, urls
+
+
+def stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.time() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cmd_serve(args) -> int:
+    store = _store_uri(args)
+    env = function_env(args.host, args.port, store=store, blueprint=getattr(args, "blueprint", None), threads=args.threads)
+    procs, urls = start(args.host, args.port, env)
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    token = bool(os.environ.get("SWARM_API_TOKEN"))
+    if getattr(args, "json", False):
+        print(json.dumps({**urls, "store": store, "dispatcher": "http", "bearer_token": token, "pids": [p.pid for p in procs]}), flush=True)
+    else:
+        auth = " -H 'Authorization: Bearer $SWARM_API_TOKEN'" if token else ""
+        print(f"swarm serve · store {store} · http dispatcher · {args.threads} threads per function", flush=True)
+        print(f"  load_goal     {urls['load_goal']}", flush=True)
+        print(f"  execute_node  {urls['execute_node']}", flush=True)
+        print(f"""try: curl -X POST {urls['load_goal']}{auth} -H 'Content-Type: application/json' -d '{{"goal": "…"}}'""", flush=True)
+        print(f"then: swarm status ID --store {store} · swarm tree ID --store {store}   (Ctrl-C stops both)", flush=True)
+    code = 0
+    while not stopping:
+        if any(p.poll() is not None for p in procs):
+            dead = [t for t, p in zip(TARGETS, procs) if p.poll() is not None]
+            print(f"swarm serve: {', '.join(dead)} exited; stopping", file=sys.stderr, flush=True)
+            code = 1
+            break
+        time.sleep(0.2)
+    stop(procs)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m swarm_core.serve` (what `swarm serve` runs)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store")
+    common.add_argument("--blueprint")
+    common.add_argument("--json", action="store_true")
+    common.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(prog="swarm")
+    add_serve_parser(parser.add_subparsers(), common)
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"swarm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

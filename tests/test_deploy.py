@@ -1,0 +1,97 @@
+"""deploy/: the scripts parse and pass shellcheck, and a dry run shows the exact commands —
+both entrypoints as gen2 functions, the queue or topic, grants on single resources only."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+
+import pytest
+from conftest import CLEAN_ENV, REPO
+
+SCRIPTS = ["deploy/gcp/deploy.sh", "deploy/azure/deploy.sh", ".ci/install_serverless.sh"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_parse_and_pass_shellcheck(script):
+    assert subprocess.run(["bash", "-n", script], cwd=REPO).returncode == 0
+    if not shutil.which("shellcheck"):
+        pytest.fail("shellcheck is not installed: run `bash .ci/install_serverless.sh` (apt-get install shellcheck)")
+    proc = subprocess.run(["shellcheck", "-x", script], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def dry_run(script: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**CLEAN_ENV, "DRY_RUN": "1", "PATH": os.environ["PATH"], **env},
+    )  # fmt: skip
+
+
+def commands(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line[2:] for line in proc.stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_gcp_cloud_tasks_dry_run():
+    proc = dry_run("deploy/gcp/deploy.sh", PROJECT="demo-proj", INVOKER="user:me@example.com")
+    assert proc.returncode == 0, proc.stderr
+    cmds = commands(proc)
+    deploys = [c for c in cmds if " functions deploy " in c]
+    assert len(deploys) == 2 and all("--gen2" in c and "--no-allow-unauthenticated" in c for c in deploys)
+    assert "--entry-point=execute_node" in deploys[0] and "--entry-point=load_goal" in deploys[1]
+    assert "SWARM_EXECUTE_NODE_URL=https://swarm-execute-node-HASH.a.run.app" in deploys[1]
+    assert "--service-account=swarm-fn@demo-proj.iam.gserviceaccount.com" in deploys[0]
+    assert "SWARM_TASKS_SERVICE_ACCOUNT=swarm-fn@demo-proj.iam.gserviceaccount.com" in deploys[0]
+    assert "--set-secrets=OPENAI_API_KEY=openai-api-key:latest" in deploys[0]
+    assert any(c.endswith("tasks queues create swarm-nodes --location=europe-west1") for c in cmds)
+    assert any("--max-attempts=5" in c for c in cmds)
+    assert any("storage buckets create gs://demo-proj-swarm" in c for c in cmds)
+    grants = [c for c in cmds if "add-iam-policy-binding" in c]
+    assert grants and not any(" projects add-iam-policy-binding" in c for c in grants)  # no project-wide role
+    roles = {c.split("--role=")[1].split()[0] for c in grants if "--role=" in c}
+    assert roles == {"roles/storage.objectUser", "roles/secretmanager.secretAccessor", "roles/cloudtasks.enqueuer", "roles/iam.serviceAccountUser"}
+    assert any("add-invoker-policy-binding swarm-load-goal" in c and "--member=user:me@example.com" in c for c in cmds)
+    assert "load_goal     https://swarm-load-goal-HASH.a.run.app" in proc.stdout
+
+
+def test_gcp_pubsub_dry_run_and_bad_combinations():
+    proc = dry_run("deploy/gcp/deploy.sh", PROJECT="demo-proj", DISPATCHER="pubsub", OPENAI_SECRET="")
+    assert proc.returncode == 0, proc.stderr
+    cmds = commands(proc)
+    sub = next(c for c in cmds if "pubsub subscriptions create swarm-nodes-push" in c)
+    assert "--push-endpoint=https://swarm-execute-node-HASH.a.run.app" in sub and "--push-auth-service-account=swarm-fn@" in sub
+    assert "--dead-letter-topic=swarm-nodes-dead" in sub and "--max-delivery-attempts=5" in sub
+    assert not any("--set-secrets" in c for c in cmds)
+    assert dry_run("deploy/gcp/deploy.sh", PROJECT="p", DISPATCHER="pubsub", AUTH="token").returncode == 2
+    assert dry_run("deploy/gcp/deploy.sh", PROJECT="p", DISPATCHER="http").returncode == 2
+    assert "set PROJECT" in dry_run("deploy/gcp/deploy.sh").stderr
+
+
+def test_azure_dry_run_keeps_secrets_out_of_the_output():
+    proc = dry_run(
+        "deploy/azure/deploy.sh",
+        RESOURCE_GROUP="rg", STORAGE_ACCOUNT="swarmstore1", APP_NAME="swarm-app-1", OPENAI_API_KEY="sk-very-secret", SWARM_API_TOKEN="tok-secret",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    cmds = commands(proc)
+    assert any("functionapp create --name swarm-app-1" in c and "--runtime python" in c and '--assign-identity [system]' in c for c in cmds)
+    assert any("storage queue create --name swarm-nodes " in c for c in cmds)
+    scopes = [c.split("--scope ")[1].split()[0] for c in cmds if "role assignment create" in c]
+    assert [s.rsplit("/", 2)[1:] for s in scopes] == [["containers", "swarm"], ["queues", "swarm-nodes"]]
+    assert any("deployment source config-zip" in c and "--build-remote true" in c for c in cmds)
+    assert "sk-very-secret" not in proc.stdout + proc.stderr and "tok-secret" not in proc.stdout + proc.stderr
+
+
+def test_gcp_entry_file_exposes_both_functions():
+    spec = importlib.util.spec_from_file_location("gcp_main", REPO / "deploy" / "gcp" / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(module.load_goal) and callable(module.execute_node)
+    gcp = (REPO / "deploy/gcp/requirements.txt").read_text()
+    azure = (REPO / "deploy/azure/requirements.txt").read_text()
+    for name in ("functions-framework", "google-cloud-tasks", "google-cloud-pubsub", "gcsfs", "openai", "pydantic"):
+        assert name in gcp
+    for name in ("azure-functions", "azure-storage-queue", "azure-identity", "adlfs", "openai", "pydantic"):
+        assert name in azure
