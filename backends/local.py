@@ -50,21 +50,21 @@ class FileStore(Store):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise KeyNotFound(f"{key} not found in {self.uri}") from None
 
-    def write(self, key: str, data: bytes) -> None:
-        path = self._path(key)
+    def _aside(self, path: str, data: bytes) -> str:
+        """Write `data` to a temporary file beside `path`; return its name."""
         self._dir(path)
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        return tmp
+
+    def write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        os.replace(self._aside(path, data), path)
 
     def create(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        self._dir(path)
-        # Write the content aside first, then link it in: O_EXCL-like and never torn.
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
+        tmp = self._aside(path, data)  # written aside first, then linked in: O_EXCL-like and never torn
         try:
             os.link(tmp, path)
             return True

@@ -229,6 +229,37 @@ def test_a_retried_create_that_had_landed_still_wins(store_uri, store, monkeypat
     assert store.read("joins/p/0/resumed") == b"mine"
 
 
+def _refusal(scheme: str) -> Exception:
+    """The SDK's own answer to a bucket creation the credentials do not allow."""
+    if scheme == "s3":
+        from botocore.exceptions import ClientError
+        return ClientError({"Error": {"Code": "AccessDenied", "Message": "denied"}}, "CreateBucket")
+    if scheme == "gs":
+        from google.api_core.exceptions import Forbidden
+        return Forbidden("denied")
+    from azure.core.exceptions import HttpResponseError
+    return HttpResponseError(message="denied")
+
+
+@pytest.mark.parametrize("store_uri", ["s3", "gcs", "azure"], indirect=True)
+def test_a_bucket_that_cannot_be_made_is_named(store_uri, store, monkeypatch):
+    def refuse():
+        raise _refusal(store.uri.partition("://")[0])
+
+    monkeypatch.setattr(store, "_create_bucket", refuse)
+    bucket = store_uri.partition("://")[2].split("/")[0]
+    for op in (lambda: store.write("k", b"x"), lambda: store.create("k", b"x")):
+        with pytest.raises(StoreError, match=rf"{bucket}' does not exist and could not be created .*denied"):
+            op()
+    assert store.list("") == [] and store.swap("k", b"x", "1") is False
+
+
+@pytest.mark.parametrize("uri", ["s3://", "gs://", "az:///"])
+def test_a_bucket_uri_without_a_bucket_is_refused(uri):
+    with pytest.raises(StoreError, match=r"needs a (bucket|container): \w+://(BUCKET|CONTAINER)/PREFIX"):
+        open_store(uri)
+
+
 def test_open_store_picks_the_backend_by_uri(store_uri):
     scheme = store_uri.partition("://")[0]
     opened = open_store(store_uri)
