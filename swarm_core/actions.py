@@ -1,8 +1,12 @@
-"""Actions: what a node does. Specs are data (blueprints/<name>/actions/<id>/), handlers are
-small functions from a `NodeContext` to an `Outcome`.
+"""Actions: what a node does. Specs are data (blueprints/<name>/actions/<id>/, or a deployment's
+actions store, see space.py), handlers are small functions from a `NodeContext` to an `Outcome`.
 
 An `llm` action renders its prompt, asks the model for its output schema (one call),
-and passes the answer to its handler; a `builtin` action is a dotted-path function.
+and passes the answer to its handler; a `builtin` action is a dotted-path function; a
+`python` action is a saved function run in the sandbox (`run_function`).
+
+The space is one flat map id -> entry. Each entry names its folder in `parent` (the one
+source of truth: an entry is in exactly one folder); a folder's children are derived.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .llm import LLMSession
 from .models import AskUser, ChildReport, Fail, NodeBlueprint, NodeRecord, Outcome, Result, Spawn, SwarmHeader, child_id
@@ -24,7 +29,11 @@ from .models import AskUser, ChildReport, Fail, NodeBlueprint, NodeRecord, Outco
 ROOT_FOLDER = "root"
 SUPERVISOR = "supervise"
 ROUTER = "route"
+PYTHON_HANDLER = "swarm_core.actions:run_function"
 _ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+if TYPE_CHECKING:
+    from .factory import Functions
 
 
 class ActionError(Exception):
@@ -37,7 +46,8 @@ class FolderSpec(BaseModel):
     id: str
     name: str
     description: str
-    parent: str | None = ROOT_FOLDER
+    parent: str = ROOT_FOLDER
+    fallback: str | None = None  # the action the router uses when nothing in this folder fits
 
 
 class ActionSpec(BaseModel):
@@ -55,23 +65,35 @@ class ActionSpec(BaseModel):
     entry: str = ""
     handler: str = "swarm_core.actions:report"
     version: int = 1
-    tests: list[dict[str, Any]] = Field(default_factory=list)
-    parent: str | None = ROOT_FOLDER
+    tests: list[dict[str, Any]] = Field(default_factory=list)  # sandbox.TestCase fields
+    parent: str = ROOT_FOLDER
     prompt: str = ""
+    status: Literal["active", "draft"] = "active"  # a draft's tests fail: kept, never routed
+
+    @model_validator(mode="after")
+    def _python_runs_in_the_sandbox(self) -> ActionSpec:
+        if self.type == "python" and "handler" not in self.model_fields_set:
+            self.handler = PYTHON_HANDLER
+        return self
 
     @property
     def routable(self) -> bool:
-        return self.role in ("worker", "manager")
+        return self.role in ("worker", "manager") and self.status == "active"
 
 
 Entry = ActionSpec | FolderSpec
 
 
 class ActionSpace:
-    """A flat map id -> entry; folders give it its hierarchy for the router."""
+    """A flat map id -> entry; folders give it its hierarchy for the router.
 
-    def __init__(self, entries: dict[str, Entry]):
+    `builtin` names the entries that come from the blueprint (read-only); the others
+    are a deployment's own, from its actions store (see space.py).
+    """
+
+    def __init__(self, entries: dict[str, Entry], builtin: set[str] | None = None):
         self.entries = entries
+        self.builtin = set(entries) if builtin is None else builtin
 
     @classmethod
     def from_dirs(cls, dirs: list[Path]) -> ActionSpace:
@@ -89,14 +111,86 @@ class ActionSpace:
         return entry
 
     def children(self, folder: str, *, managers: bool = True) -> list[Entry]:
+        """What the router offers inside `folder`: routable actions and folders that hold one."""
         out = []
         for e in self.entries.values():
             if e.parent != folder:
                 continue
             if isinstance(e, ActionSpec) and (not e.routable or (e.role == "manager" and not managers)):
                 continue
+            if isinstance(e, FolderSpec) and not self.children(e.id, managers=managers):
+                continue
             out.append(e)
         return sorted(out, key=lambda e: e.id)
+
+    def fallback_for(self, folder: str, default: str) -> str:
+        """The nearest folder's `fallback`, from `folder` up to the root; else `default`."""
+        seen: set[str] = set()
+        while folder in self.entries and folder not in seen:
+            seen.add(folder)
+            entry = self.entries[folder]
+            if isinstance(entry, FolderSpec) and entry.fallback:
+                return entry.fallback
+            folder = entry.parent
+        return default
+
+    def problems(self) -> list[str]:
+        """What is wrong with the space as a whole, one line each; empty when it is valid.
+
+        Checks: ids well-formed and equal to their key, parents are folders (the root is
+        implicit), no folder inside itself, names unique within a folder, schemas are valid
+        JSON Schema, folder fallbacks name routable actions. (space.py adds the checks that
+        need storage: every version and its code resolve.)"""
+        out = []
+        names: dict[tuple[str, str], str] = {}
+        for key, e in sorted(self.entries.items()):
+            where = f"{key}:"
+            if e.id != key:
+                out.append(f"{where} stored under another id ({e.id!r})")
+            if not _ID.match(e.id) or e.id == ROOT_FOLDER:
+                out.append(f"{where} id must match {_ID.pattern} and not be {ROOT_FOLDER!r}")
+            parent = self.entries.get(e.parent)
+            if e.parent != ROOT_FOLDER and not isinstance(parent, FolderSpec):
+                out.append(f"{where} parent {e.parent!r} is not a folder")
+            other = names.setdefault((e.parent, e.name.strip().lower()), key)
+            if other != key:
+                out.append(f"{where} name {e.name!r} is already used by {other!r} in folder {e.parent!r}")
+            if isinstance(e, FolderSpec):
+                if self._inside_itself(e.id):
+                    out.append(f"{where} folder is inside itself")
+                fallback = self.entries.get(e.fallback or "")
+                if e.fallback and not (isinstance(fallback, ActionSpec) and fallback.routable):
+                    out.append(f"{where} fallback {e.fallback!r} is not a routable action")
+            else:
+                for part in ("input_schema", "output_schema"):
+                    problem = schema_problem(getattr(e, part))
+                    if problem:
+                        out.append(f"{where} {part} is not valid JSON Schema: {problem}")
+        return out
+
+    def _inside_itself(self, folder: str) -> bool:
+        seen, at = set(), self.entries[folder].parent
+        while at in self.entries and at not in seen:
+            if at == folder:
+                return True
+            seen.add(at)
+            at = self.entries[at].parent
+        return False
+
+
+def schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why `schema` is not valid JSON Schema (Draft 2020-12 unless it says otherwise), or None."""
+    return _schema_problem(json.dumps(schema, sort_keys=True))
+
+
+@lru_cache(maxsize=4096)  # checking a schema costs ~1 ms; a space holds many equal ones
+def _schema_problem(text: str) -> str | None:
+    schema = json.loads(text)
+    try:
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"{exc.message} (at {'/'.join(str(p) for p in exc.path) or 'the top'})"
+    return None
 
 
 @lru_cache(maxsize=8)
@@ -164,6 +258,7 @@ class NodeContext:
     child_reports: list[ChildReport] | None = None  # set when resumed after a join
     previous_reports: list[ChildReport] = field(default_factory=list)  # earlier sequential steps
     read_join: Callable[[str, int], list[ChildReport]] = lambda node, rnd: []
+    functions: Functions | None = None  # the factory and executor, on this node's LLM session
 
     @property
     def blueprint(self) -> NodeBlueprint:
@@ -295,6 +390,10 @@ def _plan(ctx: NodeContext, feedback: str = "") -> Outcome:
     options = [e for e in ctx.space.entries.values() if isinstance(e, ActionSpec) and e.routable]
     if not can_delegate:
         options = [e for e in options if e.role != "manager"]
+    allowed = {e.id for e in options}
+    # The plan lists the blueprint's actions only; a deployment's saved functions (maybe
+    # hundreds) are reached through the router, one folder level per call.
+    options = [e for e in options if e.id in ctx.space.builtin]
     earlier = ""
     if feedback and "work_round" in memo:
         earlier = summarize(ctx.read_join(ctx.blueprint.node_id, memo["work_round"]), limit=1500)
@@ -305,7 +404,6 @@ def _plan(ctx: NodeContext, feedback: str = "") -> Outcome:
     )
     if out.get("question") and not ctx.answer:
         return AskUser(question=out["question"])
-    allowed = {e.id for e in options}
     children = []
     for i, sub in enumerate(out["subtasks"]):
         action = sub.get("action") if sub.get("action") in allowed else ROUTER
@@ -322,7 +420,12 @@ def supervise(ctx: NodeContext) -> Outcome:
 
 
 def route(ctx: NodeContext) -> Outcome:
-    """Walk the action space one folder at a time: O(depth) small calls, not one huge prompt."""
+    """Walk the action space one folder at a time: O(depth) small calls, not one huge prompt.
+
+    When nothing fits ("none", or an empty level) the subtask goes to the fallback of the
+    folder the walk stopped in, or of its nearest ancestor that has one, else to
+    `router.fallback`: "none" inside Software creates a new function (`write_python`)
+    instead of forcing a bad match; "none" at the top writes text."""
     managers = ctx.blueprint.depth + 1 < ctx.swarm.budgets.max_depth
     folder, chosen = ROOT_FOLDER, None
     while chosen is None:
@@ -347,13 +450,46 @@ def route(ctx: NodeContext) -> Outcome:
             folder = entry.id
         else:
             chosen = entry
-    action = chosen.id if chosen else ctx.router_fallback
+    action = chosen.id if chosen else ctx.space.fallback_for(folder, ctx.router_fallback)
     # Routing is bookkeeping, not a level of the task tree: the chosen action keeps this depth.
     return Spawn(children=[ctx.child(0, action, dict(ctx.input), same_depth=True)], mode="sequential")
 
 
 def write_python(ctx: NodeContext) -> Outcome:
-    out = ctx.ask()
-    code = out["code"]
-    report_text = f"{out.get('explanation', '').strip()}\n\n```python\n{code.strip()}\n```".strip()
-    return Result(report=report_text, data=out)
+    """A leaf that needs code: the factory writes, tests and saves a function (routable at
+    once). If the task also asks for a value, one more call picks the arguments and it runs."""
+    functions = _functions(ctx)
+    made = functions.create(ctx.task + (f"\n\nContext:\n{summarize(ctx.previous_reports, 1500)}" if ctx.previous_reports else ""))
+    if made.spec.status != "active":
+        return Fail(error=made.summary())
+    data: dict[str, Any] = {"function": made.spec.id, "version": made.spec.version}
+    text = made.summary() + f"\n\n```python\n{made.code.strip()}\n```"
+    args = functions.choose_args(ctx.task, made.spec, optional=True)
+    if args is not None:
+        run = functions.run(made.spec.id, args, made.spec.version)
+        data.update(args=args, result=run.result)
+        text = f"{_call_text(made.spec.id, args, run.result)}\n\n{text}"
+    return Result(report=text, data=data)
+
+
+def run_function(ctx: NodeContext) -> Outcome:
+    """A saved python function as a node: one call reads its arguments from the task, then
+    it runs in the sandbox (a function without arguments needs no call)."""
+    functions = _functions(ctx)
+    spec = ctx.action
+    context = summarize(ctx.previous_reports, 1500) if ctx.previous_reports else ""
+    args = functions.choose_args(ctx.task, spec, context=context) or {}
+    run = functions.run(spec.id, args, spec.version)
+    return Result(report=_call_text(spec.id, args, run.result, run.stdout), data={"function": spec.id, "version": spec.version, "args": args, "result": run.result})
+
+
+def _functions(ctx: NodeContext) -> Functions:
+    if ctx.functions is None:
+        raise ActionError(f"{ctx.action.id} needs the function factory, which this engine does not provide")
+    return ctx.functions
+
+
+def _call_text(name: str, args: dict[str, Any], result: Any, stdout: str = "") -> str:
+    call = ", ".join(f"{k}={json.dumps(v)}" for k, v in args.items())
+    text = f"`{name}({call})` = `{json.dumps(result, ensure_ascii=False)}`"
+    return text + (f"\n\nIt printed:\n```\n{_clip(stdout, 2000)}\n```" if stdout.strip() else "")

@@ -2,6 +2,8 @@
 
 Exit codes: 0 swarm done (or command succeeded), 1 swarm failed or incomplete, 2 bad usage or
 unknown id, 3 swarm waiting for a user's answer. `--json` prints exactly one JSON object.
+`swarm fn …` and `swarm actions …` work on the deployment's functions and action space:
+0 ok, 1 the function or its tests failed (a draft, an invalid space), 2 bad usage or unknown name.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ from rich.live import Live
 from rich.markdown import Markdown
 from rich.tree import Tree
 
+from .actions import ActionError, ActionSpec, FolderSpec
 from .config import ConfigError
 from .engine import CorruptRecord, Engine, SwarmError, check_goal
+from .executor import FunctionError
+from .factory import Functions
+from .llm import LLMError
 from .models import InvalidId, NodeRecord
-from .runtime import build_engine, llm_source_for
+from .runtime import build_engine, llm_configured, llm_source_for
 from .serve import add_serve_parser
+from .space import SpaceError, signature, space_tree
 from .store import StoreError
 
 EXIT = {"done": 0, "failed": 1, "running": 1, "waiting_user": 3}
@@ -55,9 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted; finish the swarm later with `swarm resume ID`")
         return 130
-    except (UsageError, SwarmError, InvalidId, ConfigError) as exc:
+    except (UsageError, SwarmError, InvalidId, ConfigError, SpaceError) as exc:
         code = 1 if isinstance(exc, CorruptRecord) else 2
         return _fail(args, str(exc), code)
+    except FunctionError as exc:
+        return _fail(args, str(exc), 2 if exc.usage else 1)
+    except (LLMError, ActionError) as exc:
+        return _fail(args, str(exc), 1)
     except StoreError as exc:
         return _fail(args, f"storage: {exc}", 1)
 
@@ -126,6 +137,46 @@ def _parser() -> argparse.ArgumentParser:
         (["text"], {"metavar": "TEXT"}),
     )
     add_serve_parser(sub, common)
+
+    def group(name, help):
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        inner = p.add_subparsers(metavar="COMMAND")
+        p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+        def add(cmd_name, func, cmd_help, *arguments):
+            q = inner.add_parser(cmd_name, help=cmd_help, description=cmd_help, parents=[common])
+            for spec in arguments:
+                q.add_argument(*spec[0], **spec[1])
+            q.set_defaults(func=func)
+
+        return add
+
+    name = (["name"], {"metavar": "NAME", "help": "function (action) id"})
+    version = (["--version"], {"type": int, "metavar": "N", "help": "a given version (default: the active one)"})
+    fn = group("fn", "create, inspect, test and run the deployment's functions")
+    fn("create", cmd_fn_create, "write, test, repair and save a function from a description", (["text"], {"metavar": "TEXT"}))
+    fn("list", cmd_fn_list, "list the deployment's functions")
+    fn("show", cmd_fn_show, "show a function: spec, code, tests and last report", name, version)
+    fn("test", cmd_fn_test, "run a function's saved tests again in the sandbox", name, version)
+    fn("run", cmd_fn_run, "run a function with JSON arguments", name, version, (["--args"], {"default": "{}", "metavar": "JSON"}))
+    act = group("actions", "inspect and edit the action space (folders and actions)")
+    act("tree", cmd_actions_tree, "show the action space as a tree (built-ins and the deployment's own)")
+    act("validate", cmd_actions_validate, "check the whole space: parents, ids, names, schemas, versions, code")
+    act(
+        "add",
+        cmd_actions_add,
+        "add a folder (--folder) or an action (--spec FILE.json [--code FILE.py])",
+        (["id"], {"metavar": "ID"}),
+        (["--folder"], {"action": "store_true", "help": "add a folder"}),
+        (["--spec"], {"metavar": "FILE", "help": "the action's spec as JSON (ActionSpec fields)"}),
+        (["--code"], {"metavar": "FILE", "help": "a python action's module"}),
+        (["--name"], {"help": "display name (default: the id)"}),
+        (["--description"], {"help": "what it is for: the router reads this"}),
+        (["--parent"], {"help": "the folder it goes in (default: root)"}),
+        (["--fallback"], {"help": "a folder's fallback action when nothing in it fits"}),
+    )
+    act("move", cmd_actions_move, "move an entry into another folder", (["id"], {"metavar": "ID"}), (["parent"], {"metavar": "FOLDER"}))
+    act("rm", cmd_actions_rm, "remove an entry (its versions stay in storage)", (["id"], {"metavar": "ID"}))
     return parser
 
 
@@ -363,6 +414,215 @@ def cmd_answer(args) -> int:
     if not args.json:
         err.print(f"answered {args.node_id}; continuing {args.swarm_id}")
     return _finish(engine, args.swarm_id, args, _drive(engine, args.swarm_id, args))
+
+
+# --- functions and the action space ------------------------------------------------------
+
+
+def _functions(args, llm: bool = False) -> Functions:
+    engine = _engine(args)
+    if llm and not llm_configured(engine.blueprint):
+        raise ConfigError(
+            "no LLM configured: the factory needs one. Set OPENAI_API_KEY, or OPENAI_BASE_URL for any "
+            "OpenAI-compatible server (Ollama, vLLM, llama.cpp)"
+        )
+    return engine.functions()
+
+
+def _print(args, payload: dict[str, Any], text: str = "") -> None:
+    if args.json:
+        print(json.dumps(payload, default=str))
+    elif text:
+        out.print(text, highlight=False, markup=False)
+
+
+def cmd_fn_create(args) -> int:
+    functions = _functions(args, llm=True)
+    steps = []
+    rounds = functions.config.factory.max_repairs
+
+    def progress(step: str, info: dict[str, Any]) -> None:
+        steps.append({"step": step, **{k: v for k, v in info.items() if k != "code"}})
+        if args.json:
+            return
+        line = {
+            "code": lambda: f"1/5 code: {info.get('lines')} lines",
+            "spec": lambda: f"2/5 spec: {info['signature']}" if "signature" in info else f"2/5 spec: {info.get('warning')}",
+            "tests": lambda: f"3/5 tests: {info.get('cases')} cases" + (f" ({info['error']})" if info.get("error") else ""),
+            "run": lambda: f"4/5 run: {info['passed']}/{info['passed'] + info['failed']} passed" + (f": {info['error'].splitlines()[0]}" if info.get("error") else ""),
+            "repair": lambda: f"    repair {info['round']}/{rounds}" + (f": {info['problem']}" if info.get("problem") else ""),
+            "saved": lambda: f"5/5 saved {info['id']} v{info['version']} ({info['status']})",
+        }[step]()
+        err.print(line, highlight=False, markup=False)
+
+    record = functions.create(args.text, progress=progress)
+    usage = functions.llm.usage if functions.llm else None
+    payload = {
+        "function": record.spec.id,
+        "version": record.spec.version,
+        "status": record.spec.status,
+        "signature": record.signature,
+        "summary": record.summary(),
+        "repairs": record.repairs,
+        "tests": {"passed": record.report.passed, "total": record.report.total, "error": record.report.error} if record.report else None,
+        "usage": usage.model_dump() if usage else None,
+        "steps": steps,
+    }
+    _print(args, payload, record.summary())
+    if not args.json and usage:
+        err.print(f"[dim]{usage.llm_calls} LLM calls · {usage.tokens} tokens[/]")
+    return 0 if record.spec.status == "active" else 1
+
+
+def cmd_fn_list(args) -> int:
+    functions = _functions(args)
+    rows = []
+    for entry in sorted(functions.space.own().values(), key=lambda e: e.id):
+        if isinstance(entry, ActionSpec):
+            rows.append(
+                {
+                    "id": entry.id,
+                    "version": entry.version,
+                    "versions": functions.space.versions(entry.id),
+                    "status": entry.status,
+                    "type": entry.type,
+                    "folder": entry.parent,
+                    "signature": signature_of(entry),
+                    "description": entry.description,
+                }
+            )
+    text = "\n".join(f"{r['id']:<24} v{r['version']:<3} {r['status']:<7} {r['signature']}" for r in rows)
+    _print(args, {"functions": rows}, text)
+    if not rows and not args.json:
+        err.print(f"no functions in {functions.space.store.uri}; create one with: swarm fn create \"…\"")
+    return 0
+
+
+def signature_of(spec: ActionSpec) -> str:
+    return signature(spec) if spec.type == "python" else f"{spec.id} ({spec.type})"
+
+
+def cmd_fn_show(args) -> int:
+    functions = _functions(args)
+    record = functions.space.version(args.name, args.version)
+    versions = functions.space.versions(args.name)
+    if args.json:
+        print(json.dumps({**record.model_dump(mode="json"), "versions": versions}))
+        return 0
+    s = record.spec
+    out.print(f"{s.id} v{s.version} ({s.status}) · versions {versions} · folder {s.parent}", highlight=False, markup=False)
+    out.print(signature_of(s), highlight=False, markup=False)
+    out.print(s.description, highlight=False, markup=False)
+    if record.code:
+        out.print(f"\n{record.code}", highlight=False, markup=False)
+    for case in s.tests:
+        out.print(f"test {case['name']}: {json.dumps(case.get('args'))} -> {case.get('expected', case.get('assertion'))}", highlight=False, markup=False)
+    if record.report:
+        out.print(f"last report: {record.report.passed}/{record.report.total} passed" + (f" · {record.report.error}" if record.report.error else ""), highlight=False, markup=False)
+    return 0
+
+
+def cmd_fn_test(args) -> int:
+    functions = _functions(args)
+    record, report = functions.test(args.name, args.version)
+    lines = [f"{'✓' if c.passed else '✗'} {c.name}" + ("" if c.passed else f": {c.error}") for c in report.cases]
+    if report.error:
+        lines.append(f"error: {report.error}")
+    lines.append(f"{record.spec.id} v{record.spec.version}: {report.passed}/{report.total} passed")
+    _print(args, {"function": record.spec.id, "version": record.spec.version, "ok": report.ok, "report": report.model_dump()}, "\n".join(lines))
+    return 0 if report.ok else 1
+
+
+def cmd_fn_run(args) -> int:
+    try:
+        call = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--args is not JSON: {exc.msg} at column {exc.colno}") from None
+    result = _functions(args).run(args.name, call, args.version)
+    if args.json:
+        print(json.dumps(result.model_dump()))
+    else:
+        if result.stdout:
+            err.print(result.stdout.rstrip(), highlight=False, markup=False)
+        print(json.dumps(result.result, ensure_ascii=False))
+    return 0
+
+
+def cmd_actions_tree(args) -> int:
+    space = _engine(args).actions.load()
+    nodes = space_tree(space)
+    if args.json:
+        print(json.dumps({"tree": nodes}))
+        return 0
+    root = Tree("[bold]actions[/]")
+
+    def add(branch: Tree, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            tag = " [dim](built-in)[/]" if item["builtin"] else ""
+            if item["kind"] == "folder":
+                fallback = f" [dim]· fallback {item['fallback']}[/]" if item.get("fallback") else ""
+                add(branch.add(f"[bold]{item['id']}/[/] {_short(item['description'], 70)}{tag}{fallback}"), item["children"])
+            else:
+                state = " [yellow]draft[/]" if item["status"] == "draft" else ""
+                branch.add(f"{item['id']} [dim]{item['type']} v{item['version']}[/]{state} {_short(item['description'], 70)}{tag}")
+
+    add(root, nodes)
+    out.print(root)
+    return 0
+
+
+def cmd_actions_validate(args) -> int:
+    engine = _engine(args)
+    problems = engine.actions.validate()
+    entries = len(engine.actions.load().entries)
+    text = "\n".join(problems) if problems else f"valid: {entries} entries"
+    _print(args, {"valid": not problems, "problems": problems, "entries": entries}, text)
+    return 1 if problems else 0
+
+
+def cmd_actions_add(args) -> int:
+    space = _engine(args).actions
+    fields = {k: v for k, v in {"name": args.name, "description": args.description, "parent": args.parent}.items() if v}
+    try:
+        if args.folder:
+            if args.spec or args.code:
+                raise UsageError("--folder takes no --spec or --code")
+            if not args.description:
+                raise UsageError("a folder needs --description: the router chooses by it")
+            entry: Any = FolderSpec(id=args.id, **{"name": args.id, **fields}, fallback=args.fallback)
+            added = space.add(entry)
+        else:
+            if not args.spec:
+                raise UsageError("give --folder, or --spec FILE.json for an action")
+            raw = json.loads(_read(args.spec))
+            entry = ActionSpec.model_validate({**raw, "id": args.id, **fields, "name": fields.get("name") or raw.get("name") or args.id})
+            added = space.add(entry, code=_read(args.code) if args.code else "")
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, SpaceError):
+            raise
+        raise UsageError(str(exc).splitlines()[0] if not hasattr(exc, "errors") else f"invalid spec: {exc}") from None
+    _print(args, {"added": added.model_dump()}, f"added {added.kind} {added.id} in {added.parent}")
+    return 0
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def cmd_actions_move(args) -> int:
+    moved = _engine(args).actions.move(args.id, args.parent)
+    _print(args, {"moved": moved.model_dump()}, f"moved {moved.id} to {moved.parent}")
+    return 0
+
+
+def cmd_actions_rm(args) -> int:
+    removed = _engine(args).actions.remove(args.id)
+    _print(args, {"removed": removed.id}, f"removed {removed.id} (its versions stay in storage)")
+    return 0
 
 
 if __name__ == "__main__":

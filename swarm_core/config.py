@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .llm import LLMSettings
 from .models import Budgets
+from .sandbox import Limits
 
 BLUEPRINTS_DIR = Path(__file__).resolve().parent.parent / "blueprints"
 DEFAULT_BLUEPRINT = BLUEPRINTS_DIR / "default"
@@ -52,6 +53,37 @@ class RouterSettings(_Section):
     fallback: str = "write_text"
 
 
+class SandboxSettings(_Section):
+    """Limits for generated code (see sandbox.Limits) and the packages it may install."""
+
+    wall_s: float = Field(10, gt=0)
+    cpu_s: int = Field(10, ge=1)
+    memory_mb: int = Field(512, ge=64)
+    file_mb: int = Field(16, ge=0)
+    max_procs: int = Field(32, ge=1)
+    case_timeout_s: float = Field(2, gt=0)  # per test case
+    allowed_packages: list[str] = Field(default_factory=list)  # PyPI names; anything else is refused
+
+    def limits(self) -> Limits:
+        return Limits(
+            wall_s=self.wall_s,
+            cpu_s=self.cpu_s,
+            memory_mb=self.memory_mb,
+            file_mb=self.file_mb,
+            max_procs=self.max_procs,
+            allowed_packages=frozenset(self.allowed_packages),
+        )
+
+
+class FactorySettings(_Section):
+    """`create_function`: how hard it tries and where it files what it makes."""
+
+    max_repairs: int = Field(3, ge=0, le=10)  # rounds of "here are the failing tests, fix the code"
+    max_tests: int = Field(6, ge=1, le=20)  # test cases asked for
+    folder: str = "functions"  # the folder new functions are filed in
+    prompts: str = "factory"  # folder of the factory's prompts, relative to the blueprint (else the default's)
+
+
 class SwarmBlueprint(_Section):
     name: str = "default"
     root: Path = DEFAULT_BLUEPRINT
@@ -61,6 +93,8 @@ class SwarmBlueprint(_Section):
     budgets: Budgets = Field(default_factory=Budgets)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    factory: FactorySettings = Field(default_factory=FactorySettings)
     recording: str = ""
     root_action: str = "break_down_goal"
     action_dirs: list[str] = Field(default_factory=lambda: ["actions"])  # later folders override earlier ones
@@ -68,6 +102,11 @@ class SwarmBlueprint(_Section):
     @property
     def action_paths(self) -> list[Path]:
         return [(self.root / d).resolve() for d in self.action_dirs]
+
+    @property
+    def prompts_path(self) -> Path:
+        own = (self.root / self.factory.prompts).resolve()
+        return own if own.is_dir() else DEFAULT_BLUEPRINT / "factory"
 
 
 def load_blueprint(path: str | os.PathLike | None = None) -> SwarmBlueprint:

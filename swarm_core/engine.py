@@ -23,6 +23,8 @@ from pydantic import BaseModel, ValidationError
 from .actions import ActionError, ActionSpace, NodeContext, run_action
 from .config import SwarmBlueprint
 from .dispatch import Dispatcher, LocalDispatcher
+from .executor import ExecResult, FunctionError
+from .factory import Functions, Progress
 from .llm import BudgetExceeded, LLMError, LLMSession, OpenAITransport, RecordedTransport, Transport
 from .models import (
     ROOT_ID,
@@ -39,12 +41,14 @@ from .models import (
     Result,
     Spawn,
     SwarmHeader,
+    Usage,
     check_node_id,
     check_swarm_id,
     child_id,
     new_swarm_id,
     now,
 )
+from .space import FunctionVersion, SpaceStore
 from .store import KeyNotFound, Store, StoreError, open_store
 
 log = logging.getLogger("swarm")
@@ -108,8 +112,10 @@ class Engine:
         self.state, self.history = self.stores.state, self.stores.history
         self.dispatcher = dispatcher or LocalDispatcher(blueprint.dispatcher.concurrency)
         self.dispatcher.bind(self)
-        self.space = ActionSpace.from_dirs(blueprint.action_paths)
+        self.space = ActionSpace.from_dirs(blueprint.action_paths)  # the built-ins
         self.space.get(blueprint.root_action)  # fail at start-up, not on the first goal
+        # The deployment's own actions: read from the actions store at every node invocation.
+        self.actions = SpaceStore(self.stores.actions, self.space)
         self._transport = transport
         self._transports: dict[str, Transport] = {}
 
@@ -251,7 +257,11 @@ class Engine:
         )
         if not self.state.swap(self.node_key(swarm_id, bp.node_id), dump(claimed), version):
             return "running"  # another delivery claimed it first
-        outcome, session = self._run(header, claimed, after_children=resuming and was == "waiting_children")
+        reports = None
+        if resuming and was == "waiting_children":
+            reports = self.read_join(swarm_id, bp.node_id, current)
+            self._bump(swarm_id, **_usage_delta(sum((r.usage for r in reports), Usage())))
+        outcome, session = self._run(header, claimed, reports)
         rec = self._settle(header, claimed, outcome, session)
         log.info(
             json.dumps(
@@ -359,6 +369,25 @@ class Engine:
                 self._transports[source] = OpenAITransport(self.blueprint.llm)
         return self._transports[source]
 
+    def functions(self, key_prefix: str = "cli/0") -> Functions:
+        """The factory and executor outside any swarm (`swarm fn`, scripts), on the engine's LLM.
+        Without a configured model, python functions still run; the factory and llm actions refuse."""
+        import openai
+
+        try:
+            transport = self._transport or OpenAITransport(self.blueprint.llm)
+        except openai.OpenAIError:  # no key and no server configured
+            return Functions(self.actions, None, self.blueprint)
+        return Functions(self.actions, LLMSession(transport=transport, settings=self.blueprint.llm, key_prefix=key_prefix), self.blueprint)
+
+    def exec_function(self, name: str, args: dict[str, Any], version: int | None = None) -> ExecResult:
+        """Run a function of the action space (see executor.exec_function)."""
+        return self.functions().run(name, args, version)
+
+    def create_function(self, description: str, progress: Progress | None = None) -> FunctionVersion:
+        """Write, test and save a function (see factory.create_function)."""
+        return self.functions().create(description, progress)
+
     def recorded_answers(self, swarm_id: str) -> dict[str, str]:
         """Every LLM answer a swarm received, keyed `<node>/<round>/<seq>`: enough to replay it."""
         answers = {}
@@ -368,7 +397,7 @@ class Engine:
                     answers[f"{event.node_id}/{event.round}/{call.seq}"] = call.response
         return answers
 
-    def _run(self, header: SwarmHeader, rec: NodeRecord, after_children: bool):
+    def _run(self, header: SwarmHeader, rec: NodeRecord, child_reports: list[ChildReport] | None):
         swarm_id, bp = header.swarm_id, rec.blueprint
         session = LLMSession(
             transport=self.transport_for(header),
@@ -384,20 +413,22 @@ class Engine:
                     for r in self.read_join(swarm_id, rec.join.parent_id, rec.join.round)
                     if _order(r.node_id) < _order(bp.node_id)
                 ]
+            space = self.actions.load()
             ctx = NodeContext(
                 swarm=header,
                 record=rec,
-                action=self.space.get(bp.action),
-                space=self.space,
+                action=space.get(bp.action),
+                space=space,
                 llm=session,
                 system_prompt=self.blueprint.system_prompt,
                 router_fallback=self.blueprint.router.fallback,
-                child_reports=self.read_join(swarm_id, bp.node_id, bp.round - 1) if after_children else None,
+                child_reports=child_reports,
                 previous_reports=previous,
                 read_join=lambda node, rnd: self.read_join(swarm_id, node, rnd),
+                functions=Functions(self.actions, session, self.blueprint),
             )
             outcome = run_action(ctx)
-        except (LLMError, BudgetExceeded, ActionError) as exc:
+        except (LLMError, BudgetExceeded, ActionError, FunctionError) as exc:
             outcome = Fail(error=str(exc))
         except (StoreError, SwarmError):
             raise  # infrastructure trouble: leave the claim, a re-delivery or `swarm resume` retries
@@ -418,6 +449,8 @@ class Engine:
 
     def _bump(self, swarm_id: str, check: Callable[[Counters], str | None] | None = None, **delta: int) -> str | None:
         """Add to the swarm's counters by compare-and-swap; `check` may veto with a reason."""
+        if check is None and not any(delta.values()):
+            return None
         key = self.key(swarm_id, "counters.json")
         for attempt in range(1000):
             counters, version = self.counters(swarm_id)
@@ -438,6 +471,7 @@ class Engine:
                 outcome = Fail(error=f"budget max_depth={b.max_depth} exceeded by {', '.join(deep[:3])}")
             else:
                 n = len(outcome.children)
+                pending = rec.usage + session.usage - rec.committed
                 veto = self._bump(
                     swarm_id,
                     check=lambda c: f"budget max_nodes={b.max_nodes} exceeded: {c.nodes} nodes exist, "
@@ -445,9 +479,12 @@ class Engine:
                     if c.nodes + n > b.max_nodes
                     else None,
                     nodes=n,
+                    **_usage_delta(pending),
                 )
                 if veto:
                     outcome = Fail(error=veto)
+                else:
+                    rec = rec.model_copy(update={"committed": rec.usage + session.usage})
         self._event(
             swarm_id,
             Event(
@@ -458,9 +495,6 @@ class Engine:
                 llm_calls=session.calls,
             ),
         )
-        if session.usage.llm_calls:
-            u = session.usage
-            self._bump(swarm_id, llm_calls=u.llm_calls, prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
         update: dict[str, Any] = {"outcome": outcome, "usage": rec.usage + session.usage, "lease_until": None, "updated_at": now()}
         if isinstance(outcome, Spawn):
             update.update(status="waiting_children", children=rec.children + [c.node_id for c in outcome.children])
@@ -517,6 +551,7 @@ class Engine:
             report=rec.report or "",
             data=rec.data,
             error=rec.error,
+            usage=rec.usage - rec.committed,
         )
         self.state.create(self.join_prefix(swarm_id, slot.parent_id, slot.round) + rec.node_id, dump(marker))
         if slot.mode == "sequential" and slot.index + 1 < slot.size:
@@ -575,7 +610,7 @@ class Engine:
         """The header plus what the nodes say: counts per status, usage, waiting questions."""
         header = self.header(swarm_id)
         nodes = self.nodes(swarm_id)
-        counters, _ = self.counters(swarm_id)
+        total = sum((n.usage for n in nodes), Usage())
         counts: dict[str, int] = {}
         for n in nodes:
             counts[n.status] = counts.get(n.status, 0) + 1
@@ -594,12 +629,7 @@ class Engine:
             "finished_at": header.finished_at,
             "nodes": len(nodes),
             "by_status": counts,
-            "usage": {
-                "llm_calls": counters.llm_calls,
-                "prompt_tokens": counters.prompt_tokens,
-                "completion_tokens": counters.completion_tokens,
-                "seconds": round(sum(n.usage.seconds for n in nodes), 3),
-            },
+            "usage": {**total.model_dump(exclude={"seconds"}), "seconds": round(total.seconds, 3)},
             "waiting": [{"node_id": n.node_id, "question": n.question} for n in nodes if n.status == "waiting_user"],
         }
 
@@ -615,6 +645,10 @@ class Engine:
                 for n in nodes
             ],
         }
+
+
+def _usage_delta(u: Usage) -> dict[str, int]:
+    return {"llm_calls": u.llm_calls, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
 
 
 def check_goal(goal: Any) -> str:

@@ -67,13 +67,21 @@ _SCALARS = {"string": str, "integer": int, "number": float, "boolean": bool, "nu
 def model_from_schema(name: str, schema: dict) -> type[BaseModel]:
     """Build a pydantic model from the JSON Schema subset our action schemas use
     (objects, arrays, scalars, enums, nullable type lists, length/item bounds)."""
-    return _type_for(name, schema)  # type: ignore[return-value]
+    key = (name, json.dumps(schema, sort_keys=True))
+    if key not in _MODELS:  # building a pydantic model costs ~0.7 ms: once per schema, not per call
+        _MODELS[key] = _type_for(name, schema)
+    return _MODELS[key]  # type: ignore[return-value]
+
+
+_MODELS: dict[tuple[str, str], Any] = {}
 
 
 def _type_for(name: str, schema: dict) -> Any:
     if "enum" in schema:
         return Literal[tuple(schema["enum"])]  # type: ignore[misc]
-    types = schema.get("type", "string")
+    if "type" not in schema:
+        return Any  # `{}`: any JSON value (a function's untyped argument or result)
+    types = schema["type"]
     if isinstance(types, list):
         options = [_type_for(name, {**schema, "type": t}) for t in types]
         out = options[0]
@@ -160,6 +168,11 @@ class LLMSession:
     def ask(self, messages: list[dict], schema_name: str, schema: dict) -> dict:
         """Return the answer as a validated dict (dumped from the pydantic model)."""
         output_model = model_from_schema(schema_name, schema)
+        if not (isinstance(output_model, type) and issubclass(output_model, BaseModel)):  # e.g. `{}`
+            output_model = create_model(_camel(schema_name), value=(output_model, ...))
+            schema_is_value = True
+        else:
+            schema_is_value = False
         convo = list(messages)
         problem = "no attempt made"
         for _attempt in range(self.settings.max_repairs + 1):
@@ -177,7 +190,11 @@ class LLMSession:
                     raise ValueError(f"the model refused: {comp.refusal}")
                 if not comp.text or not comp.text.strip():
                     raise ValueError("empty answer")
-                return output_model.model_validate(parse_json(comp.text)).model_dump()
+                # exclude_unset: an optional field the model left out stays out (a function's default applies)
+                answer = parse_json(comp.text)
+                if schema_is_value:
+                    return output_model.model_validate({"value": answer}).model_dump()["value"]
+                return output_model.model_validate(answer).model_dump(exclude_unset=True)
             except (ValueError, ValidationError) as exc:
                 problem = _error_summary(exc)
                 self.calls[-1].error = problem
@@ -263,7 +280,7 @@ class OpenAITransport:
                 "json_schema": {"name": schema_name, "schema": _portable(schema) if strict else schema, "strict": strict},
             }
         elif s.mode == "json_object_schema":
-            kwargs["response_format"] = {"type": "json_object", "schema": schema}
+            kwargs["response_format"] = {"type": "json_object", "schema": _grammar_safe(schema)}
         elif s.mode == "tools":
             kwargs["tools"] = [{"type": "function", "function": {"name": schema_name, "parameters": schema}}]
             kwargs["tool_choice"] = {"type": "function", "function": {"name": schema_name}}
@@ -320,6 +337,29 @@ def _portable(schema: Any) -> Any:
         out["properties"] = {name: _portable(sub) for name, sub in out["properties"].items()}
     if "items" in out:
         out["items"] = _portable(out["items"])
+    return out
+
+
+_GRAMMAR_MAX_REPEAT = 1000
+
+
+def _grammar_safe(schema: Any) -> Any:
+    """Length bounds clamped to 1000 for grammar-enforcing servers: llama.cpp unrolls them into
+    grammar rules and at ~1500 its server dies on the request; unbounded, a small model never
+    closes its string and the answer is cut at max_tokens. Our own validation keeps the
+    schema's real bounds."""
+    if isinstance(schema, list):
+        return [_grammar_safe(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for k, v in schema.items():
+        if k in ("maxLength", "maxItems") and isinstance(v, int):
+            out[k] = min(v, _GRAMMAR_MAX_REPEAT)
+        elif k == "properties" and isinstance(v, dict):  # property names are not keywords
+            out[k] = {name: _grammar_safe(sub) for name, sub in v.items()}
+        else:
+            out[k] = _grammar_safe(v) if k not in ("enum", "const", "default") else v
     return out
 
 

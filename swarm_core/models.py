@@ -77,6 +77,14 @@ class Usage(Model):
             seconds=round(self.seconds + other.seconds, 6),
         )
 
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(
+            llm_calls=self.llm_calls - other.llm_calls,
+            prompt_tokens=self.prompt_tokens - other.prompt_tokens,
+            completion_tokens=self.completion_tokens - other.completion_tokens,
+            seconds=round(self.seconds - other.seconds, 6),
+        )
+
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
@@ -156,6 +164,7 @@ class ChildReport(Model):
     report: str = ""
     data: dict[str, Any] | None = None
     error: str | None = None
+    usage: Usage = Field(default_factory=Usage)  # the child's usage not yet in the swarm's counters
 
 
 class NodeRecord(Model):
@@ -171,6 +180,7 @@ class NodeRecord(Model):
     answer: str | None = None
     memo: dict[str, Any] = Field(default_factory=dict)  # an action's own state across its rounds
     usage: Usage = Field(default_factory=Usage)
+    committed: Usage = Field(default_factory=Usage)  # the part of `usage` already in the swarm's counters
     attempt: int = 0
     lease_until: float | None = None
     created_at: str = Field(default_factory=now)

@@ -26,3 +26,49 @@ def default_responder(subtasks=("first part", "second part"), mode="parallel", a
         return {"report": f"did {task_of(messages)}", "question": None}
 
     return respond
+
+
+NTH_PRIME = '''def nth_prime(n: int) -> int:
+    """The n-th prime number, counting from nth_prime(1) == 2."""
+    count, candidate = 0, 1
+    while count < n:
+        candidate += 1
+        if all(candidate % d for d in range(2, int(candidate ** 0.5) + 1)):
+            count += 1
+    return candidate
+'''
+NTH_PRIME_SPEC = {"name": "nth_prime", "description": "Returns the n-th prime number (1-based).", "args": {"n": "integer"}, "returns": "integer"}
+NTH_PRIME_TESTS = {
+    "cases": [
+        {"name": "first", "args": {"n": 1}, "expected": 2, "assertion": None},
+        {"name": "sixth", "args": {"n": 6}, "expected": 13, "assertion": None},
+        {"name": "tenth", "args": {"n": 10}, "expected": 29, "assertion": None},
+        {"name": "is odd later", "args": {"n": 5}, "expected": None, "assertion": "result % 2 == 1"},
+    ]
+}
+
+
+def scripted(answers: dict, fallback=None):
+    """Answer by schema name from `answers`: a list is consumed in order (its last item repeats),
+    a callable is called like a responder, anything else is the answer. Other schemas go to
+    `fallback` (default_responder()). `calls` counts the calls per schema name."""
+    import threading
+
+    fallback = fallback or default_responder()
+    queues = {k: list(v) for k, v in answers.items() if isinstance(v, list)}
+    lock = threading.Lock()
+    calls: dict[str, int] = {}
+
+    def respond(messages, schema_name, schema, key):
+        with lock:
+            calls[schema_name] = calls.get(schema_name, 0) + 1
+            if schema_name in queues:
+                q = queues[schema_name]
+                return q.pop(0) if len(q) > 1 else q[0]
+        answer = answers.get(schema_name)
+        if answer is None:
+            return fallback(messages, schema_name, schema, key)
+        return answer(messages, schema_name, schema, key) if callable(answer) else answer
+
+    respond.calls = calls
+    return respond

@@ -34,6 +34,9 @@ def test_parallel_join_resumes_parent_once_with_every_report():
     sup = [e for e in sup_prompt if e.node_id == "root.1.0"][0].llm_calls[0].messages[-1]["content"]
     assert all(f"did {t}" in sup for t in "abc")
     assert st["usage"]["llm_calls"] == 5
+    # leaves' usage reaches the swarm's counters through their parent's resume: none lost, none twice
+    counters = engine.counters(sid)[0]
+    assert (counters.llm_calls, counters.prompt_tokens) == (5, st["usage"]["prompt_tokens"])
 
 
 def test_children_run_concurrently():
