@@ -1,7 +1,9 @@
 """`memory://NAME`: fsspec's in-process memory filesystem, for tests and benchmarks.
 
 fsspec's memory store is one dict per process, so stores with the same NAME share
-objects; a lock makes `create` and `swap` atomic between threads.
+objects; a lock makes `create` and `swap` atomic between threads. fsspec's `find` scans
+every object of every memory store in the process, so this adapter lists from its own
+per-folder index (and tests existence with `isfile`, a dict lookup).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from swarm_core.store import KeyNotFound, Store, check_key
 
 _LOCKS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _VERSIONS: defaultdict[str, dict[str, int]] = defaultdict(dict)
+_FOLDERS: defaultdict[str, defaultdict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
 
 
 class MemoryStore(Store):
@@ -24,6 +27,7 @@ class MemoryStore(Store):
         self.fs = fsspec.filesystem("memory")
         self._lock = _LOCKS[self.name]
         self._versions = _VERSIONS[self.name]
+        self._folders = _FOLDERS[self.name]  # folder key -> names of the objects written in it
 
     def _path(self, key: str) -> str:
         return f"/{self.name}/{check_key(key)}"
@@ -37,6 +41,8 @@ class MemoryStore(Store):
     def _put(self, key: str, data: bytes) -> None:
         self.fs.pipe_file(self._path(key), bytes(data))
         self._versions[key] = self._versions.get(key, 0) + 1
+        folder, _, name = key.rpartition("/")
+        self._folders[folder].add(name)
 
     def write(self, key: str, data: bytes) -> None:
         with self._lock:
@@ -71,13 +77,16 @@ class MemoryStore(Store):
             return self.read(key), self._ver(key)
 
     def list(self, prefix: str) -> list[str]:
-        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else f"/{self.name}"
-        try:
-            found = self.fs.find(base)
-        except FileNotFoundError:
-            return []
-        cut = len(self.name) + 2
-        return sorted(p[cut:] for p in found)
+        top = prefix.rstrip("/")
+        if top:
+            check_key(top)
+        keys = []
+        with self._lock:
+            for folder, names in self._folders.items():
+                if not top or folder == top or folder.startswith(top + "/"):
+                    keys.extend(f"{folder}/{n}" if folder else n for n in names)
+        store, root = self.fs.store, f"/{self.name}/"
+        return sorted(k for k in keys if root + k in store)  # the fsspec dict may have been cleared
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -86,3 +95,5 @@ class MemoryStore(Store):
             except FileNotFoundError:
                 raise KeyNotFound(f"{key} not found in {self.uri}") from None
             self._versions.pop(key, None)
+            folder, _, name = key.rpartition("/")
+            self._folders[folder].discard(name)

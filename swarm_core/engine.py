@@ -52,6 +52,7 @@ from .space import FunctionVersion, SpaceStore
 from .store import KeyNotFound, Store, StoreError, open_store
 
 log = logging.getLogger("swarm")
+JOIN_GROUP = 32  # a wide parallel join reports in groups of this many: each child lists O(group + size/group) keys
 M = TypeVar("M", bound=BaseModel)
 MAX_GOAL_CHARS = 20_000
 
@@ -180,8 +181,10 @@ class Engine:
 
     def read_join(self, swarm_id: str, parent_id: str, round: int) -> list[ChildReport]:
         reports = []
-        for key in self.state.list(self.join_prefix(swarm_id, parent_id, round)):
-            if not key.endswith("/resumed"):
+        prefix = self.join_prefix(swarm_id, parent_id, round)
+        for key in self.state.list(prefix):
+            rel = key[len(prefix) :]
+            if rel != "resumed" and not rel.startswith("groups/"):
                 reports.append(self._load(self.state, key, ChildReport, lambda: UnknownNode(key))[0])
         return sorted(reports, key=lambda r: _order(r.node_id))
 
@@ -536,7 +539,7 @@ class Engine:
             if child_rec.status == "pending":
                 self.dispatcher.dispatch(swarm_id, child_rec.blueprint)
         if not live:
-            self._join(swarm_id, records[0].join, recovering=True)  # type: ignore[arg-type]
+            self._join(swarm_id, records[0].join, recovering=True, every_group=True)  # type: ignore[arg-type]
 
     def _terminate(self, header: SwarmHeader, rec: NodeRecord, recovering: bool = False) -> None:
         """A node reached done/failed/cancelled: report to the parent's join, or end the swarm."""
@@ -553,7 +556,7 @@ class Engine:
             error=rec.error,
             usage=rec.usage - rec.committed,
         )
-        self.state.create(self.join_prefix(swarm_id, slot.parent_id, slot.round) + rec.node_id, dump(marker))
+        self.state.create(self._marker_key(swarm_id, slot, rec.node_id), dump(marker))
         if slot.mode == "sequential" and slot.index + 1 < slot.size:
             nxt, nxt_version = self.node(swarm_id, child_id(slot.parent_id, slot.round, slot.index + 1))
             if rec.status == "done":
@@ -569,12 +572,35 @@ class Engine:
                 return
         self._join(swarm_id, slot, recovering)
 
-    def _join(self, swarm_id: str, slot: JoinSlot, recovering: bool = False) -> None:
-        """If every child of this join group has reported, resume the parent exactly once."""
+    def _marker_key(self, swarm_id: str, slot: JoinSlot, node_id: str) -> str:
         prefix = self.join_prefix(swarm_id, slot.parent_id, slot.round)
-        reported = [k for k in self.state.list(prefix) if not k.endswith("/resumed")]
-        if len(reported) < slot.size:
-            return
+        if slot.mode == "parallel" and slot.size > JOIN_GROUP:
+            return f"{prefix}g{slot.index // JOIN_GROUP}/{node_id}"
+        return prefix + node_id
+
+    def _join(self, swarm_id: str, slot: JoinSlot, recovering: bool = False, every_group: bool = False) -> None:
+        """If every child of this join group has reported, resume the parent exactly once.
+
+        A wide parallel join is two-level: children report under `g<k>/` (JOIN_GROUP each);
+        whoever sees its group complete creates `groups/g<k>`; whoever then sees every group
+        marker claims the resume. A child lists at most JOIN_GROUP + size/JOIN_GROUP keys,
+        not all `size` of them (which made a fan-out of N cost O(N^2))."""
+        prefix = self.join_prefix(swarm_id, slot.parent_id, slot.round)
+        if slot.mode == "parallel" and slot.size > JOIN_GROUP:
+            groups = -(-slot.size // JOIN_GROUP)
+            for g in range(groups) if every_group else (slot.index // JOIN_GROUP,):
+                members = min(JOIN_GROUP, slot.size - g * JOIN_GROUP)
+                if len(self.state.list(f"{prefix}g{g}/")) < members:
+                    if every_group:
+                        continue
+                    return
+                self.state.create(f"{prefix}groups/g{g}", b"")  # lost: a sibling got here too; both go on
+            if len(self.state.list(prefix + "groups/")) < groups:
+                return
+        else:
+            reported = [k for k in self.state.list(prefix) if not k.endswith("/resumed")]
+            if len(reported) < slot.size:
+                return
         claimed = self.state.create(prefix + "resumed", now().encode())
         parent, _ = self.node(swarm_id, slot.parent_id)
         if claimed or (recovering and parent.status == "waiting_children" and parent.blueprint.round == slot.round):

@@ -42,3 +42,32 @@ def test_200_siblings_finish_at_once_and_parent_resumes_once(tmp_path):
     sup = [e for e in engine.events(sid) if e.node_id == "root.1.0" and e.kind == "outcome"][0]
     prompt = sup.llm_calls[0].messages[-1]["content"]
     assert all(f"did part {i}\n" in prompt + "\n" for i in range(n))
+
+
+def test_a_wide_join_reports_in_groups_and_recovers_a_lost_group_marker(tmp_path):
+    """Joins wider than JOIN_GROUP are two-level, so a finishing child lists O(group) keys, not
+    O(N); a completer that died before writing its group marker is made good by `resume`."""
+    n = 100
+    d = Recorder()
+    engine = make_engine(default_responder(subtasks=[f"part {i}" for i in range(n)]), store=f"file://{tmp_path}", blueprint=FANOUT, dispatcher=d)
+    sid, _ = engine.load_goal("Fan out wide")
+    engine.execute_node(*d.queue.pop())
+    children, d.queue = d.queue, []
+    for c in children:
+        engine.execute_node(*c)
+    assert [bp.node_id for _, bp in d.queue] == ["root"]
+    # a crash: the completer of group 1 died before writing its group marker and before the resume claim
+    engine.state.delete(f"swarms/{sid}/joins/root/0/groups/g1")
+    engine.state.delete(f"swarms/{sid}/joins/root/0/resumed")
+    d.queue = []
+    engine.resume(sid)
+    assert engine.state.exists(f"swarms/{sid}/joins/root/0/groups/g1")
+    assert {(bp.node_id, bp.round) for _, bp in d.queue} == {("root", 1)}  # at-least-once, as for a flat join
+    engine.resume(sid)
+    while d.queue:
+        engine.execute_node(*d.queue.pop(0))
+    st = engine.status(sid)
+    assert st["status"] == "done" and st["usage"]["llm_calls"] == n + 2
+    assert len(engine.read_join(sid, "root", 0)) == n
+    assert len(engine.nodes(sid)) == n + 2
+    assert [e.round for e in engine.events(sid) if e.kind == "outcome" and e.node_id == "root"] == [0, 1, 2]
