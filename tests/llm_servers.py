@@ -9,12 +9,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from procs import free_port, tail
 
 import httpx
 import pytest
@@ -39,24 +40,13 @@ def smollm2_gguf() -> Path:
                 f"{INSTALL_HINT}", pytrace=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, n: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "<no log>"
 
 
 def start_llama_server(model: Path, *extra: str):
     """Start `python -m llama_cpp.server` in its own process group; return (proc, base_url, log_path)."""
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llama_cpp.server") is None:
         pytest.fail(f"llama-cpp-python[server] is not installed; {INSTALL_HINT}", pytrace=False)
-    port = _free_port()
+    port = free_port()
     log = Path(tempfile.mkstemp(prefix="llama_server_", suffix=".log")[1])
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
            "--port", str(port), "--n_ctx", "4096", "--n_threads", "2", *extra]
@@ -68,7 +58,7 @@ def start_llama_server(model: Path, *extra: str):
     while True:
         if proc.poll() is not None:
             pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {' '.join(cmd)}\n"
-                        f"--- server log tail ---\n{_tail(log)}", pytrace=False)
+                        f"--- server log tail ---\n{tail(log)}", pytrace=False)
         try:
             if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
                 return proc, base_url, log
@@ -77,7 +67,7 @@ def start_llama_server(model: Path, *extra: str):
         if time.monotonic() > deadline:
             stop_server(proc)
             pytest.fail(f"llama_cpp.server not ready on {base_url}/models after {STARTUP_TIMEOUT_S}s\n"
-                        f"--- server log tail ---\n{_tail(log)}", pytrace=False)
+                        f"--- server log tail ---\n{tail(log)}", pytrace=False)
         time.sleep(0.25)
 
 
