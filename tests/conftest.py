@@ -46,9 +46,9 @@ def make_engine(responder=None, *, store: str | None = None, blueprint=None, dis
     return Engine(bp, transport=transport, dispatcher=dispatcher)
 
 
-def run_goal(engine: Engine, goal: str = "Do a thing", **kw):
+def run_goal(engine: Engine, goal: str = "Do a thing", timeout: float = 60, **kw):
     swarm_id, _ = engine.load_goal(goal, **kw)
-    assert engine.dispatcher.wait(timeout=60), "swarm did not go idle in 60 s"
+    assert engine.dispatcher.wait(timeout=timeout), f"swarm did not go idle in {timeout} s"
     return swarm_id
 
 

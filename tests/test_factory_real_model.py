@@ -18,7 +18,7 @@ pytestmark = pytest.mark.real_model
 def test_factory_against_smollm2_saves_a_version_either_way(smollm2_url, tmp_path):
     bp = load_blueprint()
     bp.stores.state = f"file://{tmp_path}"
-    bp.llm = bp.llm.model_copy(update={"base_url": smollm2_url, "model": "smollm2", "mode": "json_object_schema", "max_tokens": 400, "max_retries": 1})
+    bp.llm = bp.llm.model_copy(update={"base_url": smollm2_url, "model": "smollm2", "mode": "json_object_schema", "max_tokens": 400, "max_retries": 1, "timeout_s": 600})
     bp.factory = bp.factory.model_copy(update={"max_repairs": 1})
     functions = Engine(bp).functions()
     steps = []
