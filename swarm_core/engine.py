@@ -641,7 +641,16 @@ class Engine:
         for n in nodes:
             counts[n.status] = counts.get(n.status, 0) + 1
         status = header.status
-        if status == "running" and counts.get("waiting_user") and not (counts.get("running") or counts.get("pending")):
+        by_id = {n.node_id: n for n in nodes}
+
+        def queued(n: NodeRecord) -> bool:  # pending and runnable: not a step behind an unfinished one
+            j = n.join
+            if n.status != "pending" or not (j and j.mode == "sequential" and j.index > 0):
+                return n.status == "pending"
+            before = by_id.get(child_id(j.parent_id, j.round, j.index - 1))
+            return before is None or before.status in TERMINAL
+
+        if status == "running" and counts.get("waiting_user") and not counts.get("running") and not any(map(queued, nodes)):
             status = "waiting_user"
         return {
             "swarm_id": swarm_id,

@@ -341,3 +341,16 @@ def test_events_are_append_only_objects():
     keys = engine.history.list(f"swarms/{sid}/events/")
     assert keys == sorted(keys) and len(keys) == len(set(keys))
     assert json.loads(engine.history.read(keys[0]))["kind"] == "created"
+
+
+def test_a_question_in_a_sequential_step_makes_the_swarm_wait_for_the_user():
+    def responder(messages, schema_name, schema, key):
+        if key.startswith("root.0.0/0/"):
+            return {"report": "", "question": "Which colour?"}
+        return default_responder(subtasks=("one", "two"), mode="sequential")(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    st = engine.status(sid)
+    assert st["by_status"] == {"waiting_children": 1, "waiting_user": 1, "pending": 1}
+    assert st["status"] == "waiting_user"  # step two waits behind step one: nothing else can run

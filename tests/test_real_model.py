@@ -33,7 +33,8 @@ def test_swarm_against_smollm2_ends_cleanly_with_usage(smollm2_url, monkeypatch,
             engine.answer(sid, waiting["node_id"], "Use your best judgement.")
         assert engine.dispatcher.wait(900), "the swarm did not go idle after an answer"
         st = engine.status(sid)
-    assert st["status"] in ("done", "failed")
+    nodes = {n.node_id: (n.blueprint.action, n.status, (n.error or "")[:200]) for n in engine.nodes(sid)}
+    assert st["status"] in ("done", "failed"), (st, nodes, engine.dispatcher.errors)
     assert all(n.status in TERMINAL for n in engine.nodes(sid))
     assert st["usage"]["llm_calls"] >= 2 and st["usage"]["prompt_tokens"] > 0 and st["usage"]["completion_tokens"] > 0
     assert not engine.dispatcher.errors
