@@ -18,7 +18,6 @@ import http.client
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import free_port, tail
+from procs import free_port, stop_group, tail
 
 try:
     import pytest
@@ -79,16 +78,7 @@ def _answers_http(port: int) -> bool:
 
 def _stop(proc: subprocess.Popen) -> None:
     """Kill the emulator's whole process group (SIGTERM, then SIGKILL)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    stop_group(proc)
 
 
 def _start(name: str, cmd: list[str], port: int, env: dict[str, str], cwd: str | None = None) -> Emulator:

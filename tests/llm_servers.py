@@ -7,15 +7,13 @@ Never skips: a missing model or server fails with the install command (.ci/insta
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from procs import free_port, tail
+from procs import free_port, stop_group, tail
 
 import httpx
 import pytest
@@ -73,18 +71,8 @@ def start_llama_server(model: Path, *extra: str):
 
 def stop_server(proc: subprocess.Popen) -> None:
     """Kill the server's whole process group (SIGTERM, then SIGKILL)."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    if proc.poll() is None:
+        stop_group(proc)
 
 
 @pytest.fixture(scope="session")
