@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for task in tasks:
                 row = run_task(task, transport, config)
                 rows.append(row)
+                if args.out:  # kept up to date: a long real-model run that dies leaves its rows
+                    Path(args.out).write_text(json.dumps(summarize(rows, label), indent=1))
                 if not args.json:
                     print(f"[{r + 1}/{args.repeat}] {task['id']:<22} a={row['one_shot']['passed']}/{row['one_shot']['total']} "
                           f"b={row['factory']['passed']}/{row['factory']['total']} {row['status']:<6} repairs={row['repairs']} "
