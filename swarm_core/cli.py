@@ -439,7 +439,7 @@ def _print(args, payload: dict[str, Any], text: str = "") -> None:
 def cmd_fn_create(args) -> int:
     functions = _functions(args, llm=True)
     steps = []
-    rounds = functions.config.factory.max_repairs
+    rounds, samples = functions.config.factory.max_repairs, functions.config.factory.samples
 
     def progress(step: str, info: dict[str, Any]) -> None:
         steps.append({"step": step, **{k: v for k, v in info.items() if k != "code"}})
@@ -450,6 +450,7 @@ def cmd_fn_create(args) -> int:
             "spec": lambda: f"2/5 spec: {info['signature']}" if "signature" in info else f"2/5 spec: {info.get('warning')}",
             "tests": lambda: f"3/5 tests: {info.get('cases')} cases" + (f" ({info['error']})" if info.get("error") else ""),
             "run": lambda: f"4/5 run: {info['passed']}/{info['passed'] + info['failed']} passed" + (f": {info['error'].splitlines()[0]}" if info.get("error") else ""),
+            "sample": lambda: f"    draft {info['draft']}/{samples}: " + (info["error"].splitlines()[0] if "passed" not in info else f"{info['passed']}/{info['passed'] + info['failed']} passed"),
             "repair": lambda: f"    repair {info['round']}/{rounds}" + (f": {info['problem']}" if info.get("problem") else ""),
             "saved": lambda: f"5/5 saved {info['id']} v{info['version']} ({info['status']})",
         }[step]()

@@ -1,6 +1,8 @@
 """`create_function`: a description in, a tested, saved, routable function out.
 
-1. code   — one LLM call whose only job is the code;
+1. code   — one LLM call whose only job is the code, answered inside the structured output
+            or, with `factory.code_answer = "text"`, as a Markdown block (small models write
+            working code far more often that way);
 2. spec   — a second call describes it: name, description, typed arguments, return type.
             The code itself is the truth where it says something: names and required-ness
             from its signature, types from its annotations (else the described ones),
@@ -9,9 +11,12 @@
             from the code, so they check what was asked rather than what was written. Cases
             whose arguments do not fit the signature, and assertions that are not an
             expression about `result`, are left out;
-4. the tests run in the sandbox; the failures go back to the model, which repairs the code,
-   at most `factory.max_repairs` rounds. A repair is kept only if it passes more tests than
-   the best code so far (a bad repair never replaces better code);
+4. the tests run in the sandbox. When the code fails them, `factory.samples` fresh drafts are
+   written (at `factory.sample_temperature`) and tested too; then the failures of the best
+   code so far go back to the model, which repairs it, at most `factory.max_repairs` rounds.
+   "Best" (`choose`) is: most tests passed, then agreement with the other drafts on every
+   test input, so a wrong expected value in a generated test does not throw good code away,
+   and a bad repair never replaces better code;
 5. the result is saved as the action's next version (space.py): active, and routable at once,
    when every test passes; otherwise a draft with its failing report.
 
@@ -28,7 +33,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .actions import ROOT_FOLDER, ActionSpec, FolderSpec, render
 from .config import SwarmBlueprint
@@ -116,9 +121,7 @@ def create_function(
     Returns the saved version; `spec.status` says whether it is active or a draft."""
     say = progress or (lambda step, info: None)
     settings = config.factory
-    allowed = ", ".join(config.sandbox.allowed_packages)
-    packages = f", plus these packages if they help: {allowed}" if allowed else ""
-    code = _code(_ask(llm, config, "code", "write_code", CODE_SCHEMA, description=description, packages=packages))
+    code = _write(llm, config, description)
     say("code", {"code": code, "lines": len(code.splitlines())})
     repairs = 0
     while (problem := structure_problem(code)) and repairs < settings.max_repairs:
@@ -131,21 +134,36 @@ def create_function(
         report = TestReport(cases=[], passed=0, failed=0, error=problem)
     else:
         cases = _tests(llm, config, description, spec, say)
-        report = check(code, spec, cases, config)
-        say("run", {"round": repairs, "passed": report.passed, "failed": report.failed, "error": report.error})
-        while cases and not report.ok and repairs < settings.max_repairs:
-            repairs += 1
-            say("repair", {"round": repairs, "failures": report.failed, "error": report.error})
+        pool = [Candidate(code, spec, check(code, spec, cases, config))]
+        say("run", {"round": 0, "passed": pool[0].report.passed, "failed": pool[0].report.failed, "error": pool[0].report.error})
+        for n in range(settings.samples if cases and not pool[0].report.ok else 0):
             try:
-                candidate = _repair(llm, config, description, code, failures(report, cases), signature(spec))
+                draft = _write(llm, config, description, temperature=settings.sample_temperature)
+            except LLMError as exc:
+                say("sample", {"draft": n + 1, "error": str(exc)})
+                break
+            if problem := structure_problem(draft):
+                say("sample", {"draft": n + 1, "error": problem})
+                continue
+            fixed = _derive(draft, spec)
+            pool.append(Candidate(draft, fixed, check(draft, fixed, cases, config)))
+            say("sample", {"draft": n + 1, "passed": pool[-1].report.passed, "failed": pool[-1].report.failed, "error": pool[-1].report.error})
+            if pool[-1].report.ok:
+                break
+        best = choose(pool)
+        while cases and not best.report.ok and repairs < settings.max_repairs:
+            repairs += 1
+            say("repair", {"round": repairs, "failures": best.report.failed, "error": best.report.error})
+            try:
+                candidate = _repair(llm, config, description, best.code, failures(best.report, cases), signature(best.spec))
             except LLMError as exc:
                 say("repair", {"round": repairs, "error": str(exc)})
                 break
-            fixed = _derive(candidate, spec)
-            outcome = check(candidate, fixed, cases, config)
-            say("run", {"round": repairs, "passed": outcome.passed, "failed": outcome.failed, "error": outcome.error})
-            if outcome.passed > report.passed:  # a repair that does not pass more tests is not kept
-                code, spec, report = candidate, fixed, outcome
+            fixed = _derive(candidate, best.spec)
+            pool.append(Candidate(candidate, fixed, check(candidate, fixed, cases, config), draft=False))
+            say("run", {"round": repairs, "passed": pool[-1].report.passed, "failed": pool[-1].report.failed, "error": pool[-1].report.error})
+            best = choose(pool)
+        code, spec, report, _ = best
     spec = fit_output(spec, report)
     status = "active" if report.ok and report.total > 0 else "draft"
     if not cases and not report.error:
@@ -154,6 +172,29 @@ def create_function(
     record = space.new_version(spec, code=code, report=report, request=description, repairs=repairs)
     say("saved", {"id": record.spec.id, "version": record.spec.version, "status": status, "summary": record.summary()})
     return record
+
+
+class Candidate(NamedTuple):
+    code: str
+    spec: ActionSpec
+    report: TestReport
+    draft: bool = True  # written afresh (it votes in `choose`), not repaired from another
+
+
+def choose(pool: list[Candidate]) -> Candidate:
+    """The best code so far: the most tests passed; then the most other candidates that return
+    exactly the same values on every test input (independent drafts that agree are likely
+    right even when the model's expected values are not: execution agreement, as in CodeT;
+    only fresh drafts vote, since a repair starts from the code it would vote for); then the
+    fewest calls that raise or return nothing; then the earliest written."""
+    outputs = [tuple(json.dumps(c.actual, sort_keys=True, default=repr) if c.actual is not None else f"none {i}" for c in p.report.cases) for i, p in enumerate(pool)]
+
+    def rank(i: int) -> tuple:
+        cases = pool[i].report.cases
+        votes = sum(p.draft and outputs[j] == outputs[i] for j, p in enumerate(pool) if j != i) if cases else 0
+        return pool[i].report.passed, votes, sum(c.actual is not None for c in cases), -i
+
+    return pool[max(range(len(pool)), key=rank)]
 
 
 def check(code: str, spec: ActionSpec, cases: list[TestCase], config: SwarmBlueprint) -> TestReport:
@@ -223,24 +264,61 @@ def _ask(llm: LLMSession, config: SwarmBlueprint, prompt: str, schema_name: str,
 
 
 def _code(answer: dict) -> str:
-    """The code of an answer: inside its Markdown fence if it has one, else what comes before
-    a closing fence; then, if it does not parse, its longest prefix of whole lines that does
+    """The code of an answer: its first Markdown block that defines something, else what comes
+    before a closing fence; then, if it does not parse, its longest prefix of whole lines that does
     and defines a function (small models run on into prose or close with a stray brace)."""
     code = answer["code"].strip()
-    fenced = re.match(r"```[a-z]*[ \t]*\n(.*?)(?:```|$)", code, re.S)
-    code = (fenced.group(1) if fenced else code.split("```")[0]).strip()
+    blocks = [b for b in re.findall(r"```[a-z]*[ \t]*\n(.*?)(?:```|$)", code, re.S) if "def " in b]
+    code = (blocks[0] if blocks else code.split("```")[0]).strip()
     lines = code.splitlines()
     for n in range(len(lines), 0, -1):
         for last in (lines[n - 1], lines[n - 1].rstrip().rstrip("}").rstrip()):
             prefix = "\n".join(lines[: n - 1] + [last])
             if prefix.strip() and structure_problem(prefix) is None:
-                return prefix.rstrip() + "\n"
+                return _definitions_only(prefix.rstrip() + "\n")
     return code + "\n"
+
+
+def _definitions_only(code: str) -> str:
+    """`code` without the top-level statements that are not definitions (example calls, prints,
+    asserts, a __main__ block, `x = f(...)` of its own functions): the request forbids them, and
+    small models add them anyway, so that importing the module fails or prints."""
+    tree = ast.parse(code)
+    own = set(_defs(tree))
+
+    def keep(node: ast.stmt, first: bool) -> bool:
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):  # constants, unless computed by its own functions
+            return not any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in own for n in ast.walk(node))
+        return first and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)  # the module docstring
+
+    drop = {i for n, stmt in enumerate(tree.body) if not keep(stmt, n == 0) for i in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)}
+    if not drop:
+        return code
+    return "\n".join(line for i, line in enumerate(code.splitlines(), 1) if i not in drop).rstrip() + "\n"
+
+
+_ANSWER = {"json": 'Put the complete code in "code".', "text": "Answer with the complete code in one ```python block."}
+
+
+def _write(llm: LLMSession, config: SwarmBlueprint, description: str, temperature: float | None = None) -> str:
+    allowed = ", ".join(config.sandbox.allowed_packages)
+    packages = f", plus these packages if they help: {allowed}" if allowed else ""
+    return _code(_ask_code(llm, config, "code", "write_code", temperature, description=description, packages=packages))
 
 
 def _repair(llm: LLMSession, config: SwarmBlueprint, description: str, code: str, problems: str, sig: str) -> str:
     keep = f"Keep the signature `{sig}`." if sig else ""
-    return _code(_ask(llm, config, "repair", "repair_code", CODE_SCHEMA, description=description, code=code, failures=problems, keep=keep))
+    return _code(_ask_code(llm, config, "repair", "repair_code", None, description=description, code=code, failures=problems, keep=keep))
+
+
+def _ask_code(llm: LLMSession, config: SwarmBlueprint, prompt: str, schema_name: str, temperature: float | None, **variables: Any) -> dict:
+    """A code-writing call, in the blueprint's `factory.code_answer` form."""
+    form = config.factory.code_answer
+    messages = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
+    messages.append({"role": "user", "content": render(_prompt(config.prompts_path, prompt), {**variables, "answer": _ANSWER[form]})})
+    return llm.ask(messages, schema_name, CODE_SCHEMA, text_field="code" if form == "text" else None, temperature=temperature)
 
 
 def spec_schema(names: list[str], params: list[str]) -> dict[str, Any]:
@@ -282,7 +360,8 @@ def _spec(llm: LLMSession, config: SwarmBlueprint, space: SpaceStore, descriptio
         }
     )
     spec = _derive(code, draft)
-    ident = _ident(spec.entry or description)
+    named = re.search(r"([A-Za-z_]\w*)\(", description)  # "Write `gcd(a, b)` that ..." names it
+    ident = _ident(spec.entry or (named.group(1) if named else description))
     if ident in space.builtins.entries:
         ident += "_fn"
     spec = spec.model_copy(update={"id": ident, "name": ident})
@@ -291,8 +370,12 @@ def _spec(llm: LLMSession, config: SwarmBlueprint, space: SpaceStore, descriptio
 
 
 def _tests(llm: LLMSession, config: SwarmBlueprint, description: str, spec: ActionSpec, say: Progress) -> list[TestCase]:
-    # Arguments follow the signature; expected values are any JSON: they come from the request,
-    # and forcing them into a return type the spec step may have guessed wrong would make wrong tests.
+    # Arguments follow the signature. Expected values come from the request, so they are not
+    # forced into a return type the spec step may have guessed wrong; only an object is ruled
+    # out when the function is said not to return one (small models write {"result": 3}).
+    kinds = spec.output_schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds] if kinds else []
+    expected = {} if not kinds or "object" in kinds else {"type": ["integer", "number", "string", "boolean", "array", "null"]}
     schema = {
         "type": "object",
         "properties": {
@@ -305,7 +388,7 @@ def _tests(llm: LLMSession, config: SwarmBlueprint, description: str, spec: Acti
                     "properties": {
                         "name": {"type": "string", "maxLength": 80},
                         "args": spec.input_schema,
-                        "expected": {},
+                        "expected": expected,
                         "assertion": {"type": ["string", "null"], "maxLength": 300},
                     },
                     "required": ["name", "args", "expected", "assertion"],

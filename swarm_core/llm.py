@@ -54,14 +54,19 @@ class Completion:
 
 
 class Transport(Protocol):
-    """Sends one chat request and returns the raw answer text (and token counts)."""
+    """Sends one chat request and returns the raw answer text (and token counts).
+    `text=True`: a free-text answer, asked for without the structured-output form;
+    `temperature`: this call's, instead of the settings' one."""
 
-    def complete(self, messages: list[dict], schema_name: str, schema: dict, key: str) -> Completion: ...
+    def complete(
+        self, messages: list[dict], schema_name: str, schema: dict, key: str, *, text: bool = False, temperature: float | None = None
+    ) -> Completion: ...
 
 
 # --- JSON Schema -> pydantic ---------------------------------------------------
 
-_SCALARS = {"string": str, "integer": int, "number": float, "boolean": bool, "null": type(None)}
+# "number" keeps integers as they are: JSON Schema numbers include them, and an argument 1 must not become 1.0
+_SCALARS: dict[str, Any] = {"string": str, "integer": int, "number": int | float, "boolean": bool, "null": type(None)}
 
 
 def model_from_schema(name: str, schema: dict) -> type[BaseModel]:
@@ -139,6 +144,14 @@ def parse_json(text: str) -> Any:
         raise first
 
 
+def _text_answer(text: str, field: str) -> dict:
+    try:
+        answer = parse_json(text)
+    except json.JSONDecodeError:
+        answer = None
+    return answer if isinstance(answer, dict) and field in answer else {field: text}
+
+
 def _error_summary(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         parts = []
@@ -165,8 +178,14 @@ class LLMSession:
     calls: list[LLMCall] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
 
-    def ask(self, messages: list[dict], schema_name: str, schema: dict) -> dict:
-        """Return the answer as a validated dict (dumped from the pydantic model)."""
+    def ask(
+        self, messages: list[dict], schema_name: str, schema: dict, *, text_field: str | None = None, temperature: float | None = None
+    ) -> dict:
+        """Return the answer as a validated dict (dumped from the pydantic model).
+
+        `text_field`: the answer is free text that becomes this one string field (a JSON object
+        that has the field is taken as it is). For code: a small model writes working code in a
+        Markdown block far more often than inside a JSON string (README, "Functions")."""
         output_model = model_from_schema(schema_name, schema)
         if not (isinstance(output_model, type) and issubclass(output_model, BaseModel)):  # e.g. `{}`
             output_model = create_model(_camel(schema_name), value=(output_model, ...))
@@ -180,7 +199,9 @@ class LLMSession:
             seq = len(self.calls)
             started = time.monotonic()
             try:
-                comp = self.transport.complete(convo, schema_name, schema, f"{self.key_prefix}/{seq}")
+                comp = self.transport.complete(
+                    convo, schema_name, schema, f"{self.key_prefix}/{seq}", text=text_field is not None, temperature=temperature
+                )
             except LLMError as exc:
                 self._record(seq, schema_name, convo, None, str(exc), started, Completion(None))
                 raise
@@ -191,20 +212,17 @@ class LLMSession:
                 if not comp.text or not comp.text.strip():
                     raise ValueError("empty answer")
                 # exclude_unset: an optional field the model left out stays out (a function's default applies)
-                answer = parse_json(comp.text)
+                answer = _text_answer(comp.text, text_field) if text_field else parse_json(comp.text)
                 if schema_is_value:
                     return output_model.model_validate({"value": answer}).model_dump()["value"]
                 return output_model.model_validate(answer).model_dump(exclude_unset=True)
             except (ValueError, ValidationError) as exc:
                 problem = _error_summary(exc)
                 self.calls[-1].error = problem
+                again = f"only the {text_field}" if text_field else f"only a JSON object that matches the schema:\n{json.dumps(schema)}"
                 convo = convo + [
                     {"role": "assistant", "content": comp.text or ""},
-                    {
-                        "role": "user",
-                        "content": f"Your answer was invalid: {problem}. Reply again with only a JSON "
-                        f"object that matches the schema:\n{json.dumps(schema)}",
-                    },
+                    {"role": "user", "content": f"Your answer was invalid: {problem}. Reply again with {again}"},
                 ]
         raise LLMError(
             f"{schema_name}: no valid answer after {self.settings.max_repairs + 1} attempts; last problem: {problem}"
@@ -268,23 +286,25 @@ class OpenAITransport:
                 )
         return _CLIENTS[key]
 
-    def complete(self, messages: list[dict], schema_name: str, schema: dict, key: str) -> Completion:
+    def complete(self, messages, schema_name, schema, key, *, text=False, temperature=None) -> Completion:
         import openai
 
         s = self.settings
-        kwargs: dict[str, Any] = {"model": s.model, "temperature": s.temperature, "max_tokens": s.max_tokens}
-        if s.mode == "json_schema":
+        temperature = s.temperature if temperature is None else temperature
+        kwargs: dict[str, Any] = {"model": s.model, "temperature": temperature, "max_tokens": s.max_tokens}
+        mode = "text" if text else s.mode  # a free-text answer goes without any structured-output form
+        if mode == "json_schema":
             strict = _is_strict(schema)
             kwargs["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": schema_name, "schema": _portable(schema) if strict else schema, "strict": strict},
             }
-        elif s.mode == "json_object_schema":
+        elif mode == "json_object_schema":
             kwargs["response_format"] = {"type": "json_object", "schema": _grammar_safe(schema)}
-        elif s.mode == "tools":
+        elif mode == "tools":
             kwargs["tools"] = [{"type": "function", "function": {"name": schema_name, "parameters": schema}}]
             kwargs["tool_choice"] = {"type": "function", "function": {"name": schema_name}}
-        if s.mode != "json_schema" and s.mode != "tools":
+        if mode in ("json_object_schema", "prompt"):
             messages = [_schema_hint(schema)] + messages
         try:
             resp = self.client.chat.completions.create(messages=messages, **kwargs)
@@ -296,7 +316,7 @@ class OpenAITransport:
             return Completion(None)
         msg = resp.choices[0].message
         text = msg.content
-        if s.mode == "tools" and msg.tool_calls:
+        if mode == "tools" and msg.tool_calls:
             text = msg.tool_calls[0].function.arguments
         usage = resp.usage
         return Completion(
@@ -382,7 +402,7 @@ class RecordedTransport:
         self.answers = answers
         self.source = source
 
-    def complete(self, messages, schema_name, schema, key) -> Completion:
+    def complete(self, messages, schema_name, schema, key, **_) -> Completion:
         if key not in self.answers:
             raise LLMError(f"the recording {self.source} has no answer for call {key} ({schema_name})")
         return Completion(self.answers[key], prompt_tokens=0, completion_tokens=0)
@@ -396,7 +416,7 @@ class FunctionTransport:
         self.fn = fn
         self.delay_s = delay_s
 
-    def complete(self, messages, schema_name, schema, key) -> Completion:
+    def complete(self, messages, schema_name, schema, key, **_) -> Completion:
         if self.delay_s:
             time.sleep(self.delay_s)
         out = self.fn(messages, schema_name, schema, key)

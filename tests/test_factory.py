@@ -59,17 +59,29 @@ def test_tests_are_written_from_the_description_not_the_code():
     def tests(messages, schema_name, schema, key):
         seen["prompt"] = messages[-1]["content"]
         seen["args_schema"] = schema["properties"]["cases"]["items"]["properties"]["args"]
+        seen["expected"] = schema["properties"]["cases"]["items"]["properties"]["expected"]
         return NTH_PRIME_TESTS
 
     create(scripted({**FACTORY, "write_tests": tests}))
     assert "returns the n-th prime" in seen["prompt"] and "def nth_prime(n: int) -> int" in seen["prompt"]
     assert "candidate" not in seen["prompt"]  # nothing of the code's body
     assert seen["args_schema"]["properties"] == {"n": {"type": "integer"}}
+    assert "object" not in seen["expected"]["type"]  # any value but an object: it returns an int
+
+
+def test_numbers_keep_integers_and_a_draft_is_named_after_the_request():
+    from swarm_core.llm import model_from_schema
+
+    model = model_from_schema("x", {"type": "object", "properties": {"a": {"type": "number"}}})
+    assert model.model_validate({"a": 1}).model_dump() == {"a": 1} and model.model_validate({"a": 1.5}).model_dump() == {"a": 1.5}
+    never = {"code": "def gcd(a, b)\n    return 1"}
+    _, record, _ = create(scripted({**FACTORY, "write_code": never, "repair_code": never}), "Write `gcd(a, b)` for two integers.")
+    assert record.spec.id == "gcd" and record.spec.status == "draft" and "does not parse" in record.summary()
 
 
 def test_repaired_after_a_failing_test():
     responder = scripted({**FACTORY, "write_code": {"code": OFF_BY_ONE}, "repair_code": {"code": NTH_PRIME}})
-    engine, record, steps = create(responder)
+    engine, record, steps = create(responder, samples=0)
     assert record.spec.status == "active" and record.repairs == 1 and record.report.ok
     assert record.code == NTH_PRIME
     assert [s for s, _ in steps] == ["code", "spec", "tests", "run", "repair", "run", "saved"]
@@ -83,7 +95,7 @@ def test_repair_prompt_carries_the_failures():
         got.append(messages[-1]["content"])
         return {"code": NTH_PRIME}
 
-    create(scripted({**FACTORY, "write_code": {"code": OFF_BY_ONE}, "repair_code": repair}))
+    create(scripted({**FACTORY, "write_code": {"code": OFF_BY_ONE}, "repair_code": repair}), samples=0)
     assert "first: called with {\"n\": 1}: expected 2, got 3" in got[0]
     assert "while count <= n:" in got[0] and "Keep the signature `def nth_prime(n: int) -> int`" in got[0]
 
@@ -92,7 +104,7 @@ def test_gives_up_as_a_draft_with_the_failing_report():
     responder = scripted({**FACTORY, "write_code": {"code": OFF_BY_ONE}, "repair_code": {"code": OFF_BY_ONE}})
     engine, record, steps = create(responder, max_repairs=2)
     assert record.spec.status == "draft" and record.repairs == 2
-    assert responder.calls["repair_code"] == 2 and sum(responder.calls.values()) == 5
+    assert responder.calls == {"write_code": 3, "extract_spec": 1, "write_tests": 1, "repair_code": 2}  # 2 fresh drafts
     assert record.report.failed == 3 and "expected 2, got 3" in record.summary()
     assert "saved as a draft (not routable)" in record.summary()
     assert not engine.actions.load().get("nth_prime").routable
@@ -100,6 +112,46 @@ def test_gives_up_as_a_draft_with_the_failing_report():
         engine.functions().run("nth_prime", {"n": 1})
     assert err.value.usage
     assert engine.functions().run("nth_prime", {"n": 1}, version=1).result == 3  # a draft runs when named
+
+
+def test_a_fresh_draft_is_tried_before_any_repair():
+    responder = scripted({**FACTORY, "write_code": [{"code": OFF_BY_ONE}, {"code": NTH_PRIME}]})
+    _, record, steps = create(responder, samples=2)
+    assert record.spec.status == "active" and record.code == NTH_PRIME and record.repairs == 0
+    assert [s for s, _ in steps] == ["code", "spec", "tests", "run", "sample", "saved"]  # the first passing draft ends it
+    assert steps[4][1] == {"draft": 1, "passed": 4, "failed": 0, "error": None}
+
+
+def test_drafts_that_agree_beat_expected_values_that_are_wrong():
+    """The model's tests expect wrong values, so nothing passes; of the drafts, the two that
+    return the same values on every input are kept over the one that raises and the loner."""
+    wrong_tests = {"cases": [{"name": f"n={n}", "args": {"n": n}, "expected": 7919, "assertion": None} for n in (1, 2, 3)]}
+    other_prime = NTH_PRIME.replace('"""The', '"""Other text, same values: the')
+    raising = "def nth_prime(n: int) -> int:\n    return undefined_name\n"
+    drafts = [{"code": raising}, {"code": OFF_BY_ONE}, {"code": NTH_PRIME}, {"code": other_prime}]
+    responder = scripted({**FACTORY, "write_tests": wrong_tests, "write_code": drafts, "repair_code": {"code": raising}})
+    _, record, steps = create(responder, samples=3, max_repairs=1)
+    assert record.code == NTH_PRIME and record.spec.status == "draft" and record.report.passed == 0
+    assert [c.actual for c in record.report.cases] == [2, 3, 5]
+    assert [s for s, _ in steps].count("sample") == 3 and responder.calls["repair_code"] == 1
+
+
+def test_code_can_be_answered_as_a_markdown_block():
+    seen = []
+
+    def write(messages, schema_name, schema, key):
+        seen.append(messages[-1]["content"])
+        return f"Sure! Here is the function:\n```python\n{NTH_PRIME}```\nIt loops over candidates."
+
+    _, record, _ = create(scripted({**FACTORY, "write_code": write}), code_answer="text")
+    assert record.code == NTH_PRIME and record.spec.status == "active"
+    assert seen[0].rstrip().endswith("Answer with the complete code in one ```python block.")
+
+
+def test_example_calls_around_the_function_are_dropped():
+    chatty = f"import math\nLIMIT = 10\n{NTH_PRIME}\nprint(nth_prime(3))\nassert nth_prime(1) == 2\nx = nth_prime(2)\nif __name__ == '__main__':\n    print(x)\n"
+    _, record, _ = create(scripted({**FACTORY, "write_code": {"code": chatty}}))
+    assert record.code == f"import math\nLIMIT = 10\n{NTH_PRIME}" and record.spec.status == "active"
 
 
 def test_code_that_does_not_parse_is_repaired_before_anything_else():
@@ -368,5 +420,6 @@ def test_function_benchmark_quick_checks_the_pipeline():
 
     summary = main(["--quick", "--limit", "8", "--json"])
     assert summary["one_shot"]["pass_rate"] == 50.0 and summary["factory"]["pass_rate"] == 100.0
-    assert summary["factory"]["calls_per_function"] == 3.5 and summary["one_shot"]["calls_per_function"] == 1
+    # even tasks: code, spec, tests; odd ones also 2 fresh drafts (the stub again) and 1 repair
+    assert summary["factory"]["calls_per_function"] == 4.5 and summary["one_shot"]["calls_per_function"] == 1
     assert summary["factory"]["tokens_per_function"] > summary["one_shot"]["tokens_per_function"] > 0

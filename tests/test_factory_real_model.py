@@ -1,7 +1,7 @@
 """The function factory against a real model: SmolLM2-135M served by llama-cpp-python on loopback.
 
-The model is tiny, so this asserts the mechanics (every step's call is grammar-constrained and
-validated, the tests run in the sandbox, a version is saved whatever the outcome), not quality:
+The model is tiny, so this asserts the mechanics (code comes as a Markdown block, the other
+steps' calls are grammar-constrained and validated, the tests run in the sandbox, a version is saved whatever the outcome), not quality:
 benchmarks/functions measures that.
 """
 
@@ -20,7 +20,7 @@ def test_factory_against_smollm2_saves_a_version_either_way(smollm2_url, tmp_pat
     bp = load_blueprint()
     bp.stores.state = f"file://{tmp_path}"
     bp.llm = bp.llm.model_copy(update={"base_url": smollm2_url, "model": "smollm2", "mode": "json_object_schema", "max_tokens": 400, "max_retries": 1, "timeout_s": 600})
-    bp.factory = bp.factory.model_copy(update={"max_repairs": 1})
+    bp.factory = bp.factory.model_copy(update={"max_repairs": 1, "samples": 1, "code_answer": "text"})  # SmolLM2's settings
     functions = Engine(bp).functions()
     steps = []
     record = functions.create("Write a Python function `add(a, b)` that returns the sum of a and b.", progress=lambda s, i: steps.append(s))

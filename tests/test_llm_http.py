@@ -96,6 +96,19 @@ def test_refusal_and_server_errors_are_reported(stub):
         session(stub).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
 
 
+@pytest.mark.parametrize("mode", ["json_schema", "json_object_schema", "tools"])
+def test_a_text_answer_goes_without_structured_output_and_fills_one_field(stub, mode):
+    code = "Here you are:\n```python\ndef f():\n    return 1\n```"
+    stub.queue(Reply(content=""), Reply(content=code))
+    s = session(stub, mode=mode)
+    out = s.ask([{"role": "user", "content": "code?"}], "write_code", {"type": "object", "properties": {"code": {"type": "string", "minLength": 1}}, "required": ["code"]}, text_field="code", temperature=0.9)
+    assert out == {"code": code}  # the caller takes the block out of the text
+    for req in stub.requests:
+        assert "response_format" not in req and "tools" not in req and req["temperature"] == 0.9
+        assert not any("JSON Schema" in m["content"] for m in req["messages"])
+    assert stub.requests[1]["messages"][-1]["content"] == "Your answer was invalid: empty answer. Reply again with only the code"
+
+
 @pytest.mark.parametrize("mode", ["json_object_schema", "tools", "prompt"])
 def test_every_structured_output_mode_builds_its_request_and_validates(stub, mode):
     if mode == "tools":

@@ -3,8 +3,11 @@ the model never sees (benchmarks/functions/tasks.py).
 
     python -m benchmarks.functions.run --quick          # scripted model: checks the pipeline (CI)
     python -m benchmarks.functions.run --smollm2        # SmolLM2-135M served by llama-cpp-python on loopback
+                                                        # (its settings: mode json_object_schema, code_answer text)
     python -m benchmarks.functions.run --base-url URL --model NAME [--mode json_schema]   # any OpenAI-compatible server
-    options: --limit N (first N tasks), --repeat R, --json (one object on stdout), --out FILE
+    options: --limit N (first N tasks), --tasks ID,ID, --repeat R, --json (one object on stdout),
+    --samples N, --code-answer json|text, --max-repairs N (the factory's settings),
+    --out FILE (rewritten after every task, so a run that dies keeps its rows)
 
 Each task runs `create_function(description)` once. (a) one-shot = the code its first call
 wrote (step 1 alone); (b) factory = the code it ends with, after generated tests and up to
@@ -13,7 +16,8 @@ shares step 1, so (b) - (a) measures what generated tests + repair add. A task c
 passed when every reference test passes; the per-case rate is reported too.
 
 With --quick the "model" is a script: step 1 writes the reference solution for even tasks and a
-stub that raises for odd ones, a smoke test catches the stub, one repair writes the solution.
+stub that raises for odd ones, a smoke test catches the stub, the fresh drafts are the stub
+again, and one repair writes the solution.
 Expected: (a) 50 %, (b) 100 % — the reference tests pass on every reference solution.
 """
 
@@ -105,7 +109,7 @@ def run_task(task: dict, transport: Transport, config: SwarmBlueprint) -> dict[s
     except LLMError as exc:  # no valid code at all: both columns score zero
         error = str(exc)[:300]
     seconds = time.monotonic() - started
-    one_shot = [c for c in session.calls if c.schema_name == "write_code"]
+    one_shot = [c for c in session.calls if c.schema_name == "write_code"][:1]  # step 1: later ones are fresh drafts
     a = reference_score(first.get("code", ""), task)
     b = reference_score(record.code, task, record.spec.entry) if record else (0, len(task["reference"]))
     return {
@@ -174,16 +178,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-tokens", type=int, default=700)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--max-repairs", type=int, default=None)
+    p.add_argument("--samples", type=int, default=None, help="factory.samples: fresh drafts when the first code fails")
+    p.add_argument("--code-answer", choices=["json", "text"], default=None, help="factory.code_answer (--smollm2: text)")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--tasks", help="comma-separated task ids (default: all)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
 
-    tasks = TASKS[: args.limit] if args.limit else TASKS
+    tasks = [t for t in TASKS if t["id"] in args.tasks.split(",")] if args.tasks else TASKS
+    tasks = tasks[: args.limit] if args.limit else tasks
     config = load_blueprint()
-    if args.max_repairs is not None:
-        config.factory = config.factory.model_copy(update={"max_repairs": args.max_repairs})
+    code_answer = args.code_answer or ("text" if args.smollm2 else None)
+    factory = {"max_repairs": args.max_repairs, "samples": args.samples, "code_answer": code_answer}
+    config.factory = config.factory.model_copy(update={k: v for k, v in factory.items() if v is not None})
     server = None
     if args.quick:
         label, transport = "scripted", FunctionTransport(scripted_model(tasks))
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             stop_server(server)
     summary = summarize(rows, label)
-    summary["settings"] = {"max_repairs": config.factory.max_repairs, "max_tests": config.factory.max_tests, "mode": config.llm.mode, "temperature": config.llm.temperature, "max_tokens": config.llm.max_tokens}
+    summary["settings"] = {**config.factory.model_dump(include={"max_repairs", "max_tests", "samples", "sample_temperature", "code_answer"}), "mode": config.llm.mode, "temperature": config.llm.temperature, "max_tokens": config.llm.max_tokens}
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary) if args.json else table(summary))
