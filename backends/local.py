@@ -1,9 +1,12 @@
 """`file://PATH`: the local filesystem, the default store (`file://./.swarm`).
 
-fsspec's LocalFileSystem does listing and deletes; writes go through a temporary
-file and `os.replace` so a killed process never leaves a torn object, `create`
-uses `O_EXCL`, and `swap` holds an `flock` on a sidecar lock file so it is atomic
-across processes on one machine.
+fsspec's LocalFileSystem does deletes; writes go through a temporary file and
+`os.replace` so a killed process never leaves a torn object, `create` links the
+temporary file in (fails if the key exists), and `swap` holds an `flock` on one of
+256 lock files under `~locks/` (a name no key can have), chosen by the key's hash,
+so it is atomic across processes on one machine. Striped locks, not one lock file
+per key: creating a file costs 0.05-0.6 ms on ext4, and a per-key lock file made
+every claim of a node create one more.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ import threading
 import fsspec
 
 from swarm_core.store import KeyNotFound, Store, StoreError, check_key
+
+
+LOCKS = "~locks"  # "~" is not allowed in keys (store.check_key): never listed, never a key
+STRIPES = 256
 
 
 def _version(data: bytes) -> str:
@@ -73,15 +80,19 @@ class FileStore(Store):
         finally:
             os.unlink(tmp)
 
-    def _locked(self, path: str):
+    def _locked(self, key: str) -> int:
+        """An exclusive flock on the key's stripe. flock belongs to the open file, so threads
+        of one process exclude each other too (each opens its own)."""
+        stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=2).digest(), "big") % STRIPES
+        path = os.path.join(self.root, LOCKS, str(stripe))
         self._dir(path)
-        fd = os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
 
     def swap(self, key: str, data: bytes, expected_version: str) -> bool:
         path = self._path(key)
-        fd = self._locked(path)
+        fd = self._locked(key)
         try:
             try:
                 with open(path, "rb") as f:
@@ -117,9 +128,11 @@ class FileStore(Store):
             return
         with entries:
             for entry in entries:
+                if entry.name == LOCKS:
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     self._scan(entry.path, f"{rel}{entry.name}/", keys)
-                elif not entry.name.endswith((".tmp", ".lock")):
+                elif not entry.name.endswith((".tmp", ".lock")):  # .lock: per-key locks of older versions
                     keys.append(rel + entry.name)
 
     def delete(self, key: str) -> None:
@@ -130,7 +143,3 @@ class FileStore(Store):
             self.fs.rm_file(path)
         except FileNotFoundError:
             raise KeyNotFound(f"{key} not found in {self.uri}") from None
-        try:
-            os.unlink(f"{path}.lock")
-        except FileNotFoundError:
-            pass

@@ -516,6 +516,8 @@ def render_table(report: dict[str, Any]) -> str:
       f"{'' if cfg.get('issue_sizes') else '  [not the issue sizes: targets do not apply as stated]'}\n")
     w(f"python {cfg['python']}, {cfg['cpus']} CPUs, langgraph {cfg['langgraph']}, "
       f"load average {cfg['loadavg_1min_before']} before / {cfg.get('loadavg_1min_after')} after, {cfg.get('benchmark_s')} s\n")
+    w(f"creating one small file in {tempfile.gettempdir()}: {cfg.get('file_create_ms_before')} ms before / "
+      f"{cfg.get('file_create_ms_after')} ms after (median; a file:// leaf creates 5)\n")
     busy = max(x for x in (cfg["loadavg_1min_before"], cfg.get("loadavg_1min_after"), 0) if x is not None)
     if cfg["cpus"] and busy > cfg["cpus"]:
         w(f"WARNING: the machine was busy (load {busy} > {cfg['cpus']} CPUs): timings are inflated and noisy\n")
@@ -587,7 +589,7 @@ def run(
         lg_version = "not installed"
     if lg_version == "not installed":
         systems = tuple(s for s in systems if not s.startswith("langgraph"))
-    load_before = _loadavg()
+    load_before, disk_before = _loadavg(), disk_probe()
     t0 = time.perf_counter()
     results = measure(n_big, n_small, latency, reps, systems, log=log)
     rat = ratios(results)
@@ -603,6 +605,7 @@ def run(
             "cpus": os.cpu_count(),
             "langgraph": lg_version,
             "loadavg_1min_before": load_before,
+            "file_create_ms_before": disk_before,
         },
         "results": results,
         "ratios": rat,
@@ -613,7 +616,26 @@ def run(
         report["profile"] = profile_swarm("file", n_big, top=25)
     report["config"]["benchmark_s"] = round(time.perf_counter() - t0, 1)
     report["config"]["loadavg_1min_after"] = _loadavg()
+    report["config"]["file_create_ms_after"] = disk_probe()
     return report
+
+
+def disk_probe(n: int = 300) -> float:
+    """Median ms to create one 600-byte file (open O_EXCL, write, close) where the file store
+    runs: the floor under its ms/node (a leaf creates 5 files), and on a VM disk it swings
+    by 10x from minute to minute, so every report states it."""
+    folder = tempfile.mkdtemp(prefix="swarm-probe-")
+    try:
+        times = []
+        for i in range(n):
+            t = time.perf_counter()
+            fd = os.open(os.path.join(folder, f"f{i}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, b"x" * 600)
+            os.close(fd)
+            times.append(time.perf_counter() - t)
+        return round(1e3 * statistics.median(times), 3)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _loadavg() -> float | None:
