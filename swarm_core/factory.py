@@ -185,13 +185,13 @@ def choose(pool: list[Candidate]) -> Candidate:
     """The best code so far: the most tests passed; then the most other candidates that return
     exactly the same values on every test input (independent drafts that agree are likely
     right even when the model's expected values are not: execution agreement, as in CodeT;
-    only fresh drafts vote, since a repair starts from the code it would vote for); then the
+    only fresh drafts count, since a repair starts from the code it would vote for); then the
     fewest calls that raise or return nothing; then the earliest written."""
     outputs = [tuple(json.dumps(c.actual, sort_keys=True, default=repr) if c.actual is not None else f"none {i}" for c in p.report.cases) for i, p in enumerate(pool)]
 
     def rank(i: int) -> tuple:
         cases = pool[i].report.cases
-        votes = sum(p.draft and outputs[j] == outputs[i] for j, p in enumerate(pool) if j != i) if cases else 0
+        votes = sum(p.draft and outputs[j] == outputs[i] for j, p in enumerate(pool)) if cases else 0  # self included
         return pool[i].report.passed, votes, sum(c.actual is not None for c in cases), -i
 
     return pool[max(range(len(pool)), key=rank)]

@@ -151,6 +151,21 @@ def test_drafts_that_agree_beat_expected_values_that_are_wrong():
     assert [s for s, _ in steps].count("sample") == 3 and responder.calls["repair_code"] == 1
 
 
+def test_a_repair_that_agrees_with_the_drafts_does_not_displace_the_first_of_them():
+    from swarm_core.factory import Candidate, choose
+    from swarm_core.sandbox import CaseResult, TestReport
+
+    spec = ActionSpec(id="f", name="f", description="d", type="python")
+
+    def candidate(code, actuals, draft=True):
+        cases = [CaseResult(name=str(i), passed=i == 0, actual=a) for i, a in enumerate(actuals)]
+        return Candidate(code, spec, TestReport(cases=cases, passed=1, failed=len(cases) - 1), draft)
+
+    pool = [candidate("first", [[], []]), candidate("raises", [None, None]), candidate("second", [[], []]), candidate("repair", [[], []], draft=False)]
+    assert choose(pool).code == "first"
+    assert choose(pool[1:]).code == "second"  # agreement outranks order: "raises" came first
+
+
 def test_code_can_be_answered_as_a_markdown_block():
     seen = []
 
