@@ -133,7 +133,7 @@ def create_function(
     if problem:
         report = TestReport(cases=[], passed=0, failed=0, error=problem)
     else:
-        cases = _tests(llm, config, description, spec, annotated_args(code, spec), say)
+        cases = _tests(llm, config, description, spec, say)
         pool = [Candidate(code, spec, check(code, spec, cases, config))]
         say("run", {"round": 0, "passed": pool[0].report.passed, "failed": pool[0].report.failed, "error": pool[0].report.error})
         for n in range(settings.samples if cases and not pool[0].report.ok else 0):
@@ -164,7 +164,7 @@ def create_function(
             say("run", {"round": repairs, "passed": pool[-1].report.passed, "failed": pool[-1].report.failed, "error": pool[-1].report.error})
             best = choose(pool)
         code, spec, report, _ = best
-    spec = fit(spec, report, cases, code)
+    spec = fit_output(spec, report)
     status = "active" if report.ok and report.total > 0 else "draft"
     if not cases and not report.error:
         report = report.model_copy(update={"error": "no test cases were written, so the function is unverified"})
@@ -217,24 +217,12 @@ def check(code: str, spec: ActionSpec, cases: list[TestCase], config: SwarmBluep
     return report
 
 
-def annotated_args(code: str, spec: ActionSpec) -> dict[str, Any]:
-    """The entry's arguments typed only where the code annotates them: a type the spec step
-    guessed for an unannotated argument is no ground to shape or drop a test written from the
-    request (a guessed `integer` for "a list of lists" made every test call it with a number)."""
-    return _derive(code, spec.model_copy(update={"input_schema": {}})).input_schema
-
-
-def fit(spec: ActionSpec, report: TestReport, cases: list[TestCase], code: str) -> ActionSpec:
-    """Drop declared types that the passing tests contradict: the tests are the evidence, and
-    exec_function must not refuse what they accepted. The return type goes if a passing
-    result breaks it; guessed argument types go if a passing test's arguments break them."""
-    passing = {c.name for c in report.cases if c.passed}
-    update: dict[str, Any] = {}
+def fit_output(spec: ActionSpec, report: TestReport) -> ActionSpec:
+    """Drop a declared return type that a passing test's result contradicts: the tests are the
+    evidence, and exec_function must not refuse what the tests accepted."""
     if any(c.passed and json_problem(spec.output_schema, c.actual, "result") for c in report.cases):
-        update["output_schema"] = {}
-    if any(c.name in passing and json_problem(spec.input_schema, c.args, "args") for c in cases):
-        update["input_schema"] = annotated_args(code, spec)
-    return spec.model_copy(update=update) if update else spec
+        return spec.model_copy(update={"output_schema": {}})
+    return spec
 
 
 def failures(report: TestReport, cases: list[TestCase], limit: int = 3000) -> str:
@@ -381,8 +369,8 @@ def _spec(llm: LLMSession, config: SwarmBlueprint, space: SpaceStore, descriptio
     return spec
 
 
-def _tests(llm: LLMSession, config: SwarmBlueprint, description: str, spec: ActionSpec, args_schema: dict, say: Progress) -> list[TestCase]:
-    # Arguments follow the signature as the code annotates it (`annotated_args`). Expected values come from the request, so they are not
+def _tests(llm: LLMSession, config: SwarmBlueprint, description: str, spec: ActionSpec, say: Progress) -> list[TestCase]:
+    # Arguments follow the signature. Expected values come from the request, so they are not
     # forced into a return type the spec step may have guessed wrong; only an object is ruled
     # out when the function is said not to return one (small models write {"result": 3}).
     kinds = spec.output_schema.get("type")
@@ -399,7 +387,7 @@ def _tests(llm: LLMSession, config: SwarmBlueprint, description: str, spec: Acti
                     "type": "object",
                     "properties": {
                         "name": {"type": "string", "maxLength": 80},
-                        "args": args_schema,
+                        "args": spec.input_schema,
                         "expected": expected,
                         "assertion": {"type": ["string", "null"], "maxLength": 300},
                     },
@@ -421,7 +409,7 @@ def _tests(llm: LLMSession, config: SwarmBlueprint, description: str, spec: Acti
     cases, names, dropped = [], set(), 0
     for i, raw in enumerate(out["cases"]):
         args = raw.get("args") or {}
-        if json_problem(args_schema, args, "args"):  # cannot be a call of this signature
+        if json_problem(spec.input_schema, args, "args"):  # cannot be a call of this signature
             dropped += 1
             continue
         name = (raw.get("name") or "").strip()[:80] or f"case {i + 1}"

@@ -114,21 +114,6 @@ def test_gives_up_as_a_draft_with_the_failing_report():
     assert engine.functions().run("nth_prime", {"n": 1}, version=1).result == 3  # a draft runs when named
 
 
-def test_a_guessed_argument_type_neither_shapes_nor_drops_the_tests():
-    bare = NTH_PRIME.replace("def nth_prime(n: int) -> int:", "def nth_prime(n):")
-    seen = {}
-
-    def tests(messages, schema_name, schema, key):
-        seen["args"] = schema["properties"]["cases"]["items"]["properties"]["args"]
-        return NTH_PRIME_TESTS
-
-    spec = {**NTH_PRIME_SPEC, "args": {"n": "string"}}  # a wrong guess: the code does not say
-    _, record, _ = create(scripted({**FACTORY, "write_code": {"code": bare}, "extract_spec": spec, "write_tests": tests}))
-    assert seen["args"]["properties"] == {"n": {}} and seen["args"]["required"] == ["n"]
-    assert record.report.total == 4 and record.report.ok and record.spec.status == "active"
-    assert record.spec.input_schema["properties"] == {"n": {}}  # the passing tests called it with integers
-
-
 def test_a_fresh_draft_is_tried_before_any_repair():
     responder = scripted({**FACTORY, "write_code": [{"code": OFF_BY_ONE}, {"code": NTH_PRIME}]})
     _, record, steps = create(responder, samples=2)
