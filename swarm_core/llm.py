@@ -9,6 +9,7 @@ most `max_repairs` times, and keeps every request/response for history and repla
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -125,12 +126,28 @@ def _camel(name: str) -> str:
     return "".join(p.capitalize() for p in re.split(r"[^A-Za-z0-9]+", name) if p) or "Output"
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: stored as JSON it would come back as null
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, strict=False, parse_float=_finite, parse_constant=_no_constant)
+
+
 def parse_json(text: str) -> Any:
     """Parse an answer: plain JSON, JSON inside a ``` fence, or the outermost {...} of chatty text.
-    `strict=False` because grammar-constrained servers can emit raw newlines in strings."""
+    `strict=False` because grammar-constrained servers can emit raw newlines in strings; numbers
+    must be finite (NaN, Infinity and 1e999 are not JSON: stored, they would come back as null)."""
     text = text.strip()
     try:
-        return json.loads(text, strict=False)
+        return _loads(text)
     except json.JSONDecodeError as first:
         fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
         candidates = [fenced.group(1)] if fenced else []
@@ -138,7 +155,7 @@ def parse_json(text: str) -> Any:
             candidates.append(text[text.index("{") : text.rindex("}") + 1])
         for cand in candidates:
             try:
-                return json.loads(cand, strict=False)
+                return _loads(cand)
             except json.JSONDecodeError:
                 continue
         raise first
@@ -147,7 +164,7 @@ def parse_json(text: str) -> Any:
 def _text_answer(text: str, field: str) -> dict:
     try:
         answer = parse_json(text)
-    except json.JSONDecodeError:
+    except ValueError:
         answer = None
     return answer if isinstance(answer, dict) and field in answer else {field: text}
 

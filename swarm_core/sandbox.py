@@ -1399,7 +1399,7 @@ def _driver():  # type: ignore[no-untyped-def]  # pragma: no cover - runs in the
     def as_json(value):
         """(json text, None) or (None, why not)."""
         try:
-            text = json.dumps(value)
+            text = json.dumps(value, allow_nan=False)  # inf and NaN are not JSON: stored, they would turn into null
         except (TypeError, ValueError, RecursionError, OverflowError) as exc:
             return None, f"not JSON-serialisable ({exc})"
         if len(text) > cfg["max_value_bytes"]:

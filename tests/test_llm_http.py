@@ -79,6 +79,15 @@ def test_invalid_json_is_repaired_with_the_error(stub):
     assert len(s.calls) == 2 and s.calls[0].error
 
 
+@pytest.mark.parametrize("bad", ["1e999", "NaN", "-Infinity"])
+def test_numbers_that_json_cannot_store_are_repaired(stub, bad):
+    """Python's json reads them, but stored they would come back as null: re-ask instead."""
+    stub.queue(Reply(content='{"answer": "x", "n": %s}' % bad), Reply(content='{"answer": "x", "n": 4}'))
+    s = session(stub)
+    assert s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)["n"] == 4
+    assert bad in s.calls[0].error and ("out of range" in s.calls[0].error or "not a JSON number" in s.calls[0].error)
+
+
 def test_invalid_twice_raises_a_clean_error(stub):
     stub.queue(Reply(content="nope"), Reply(content="{}"))
     s = session(stub, max_repairs=1)

@@ -702,3 +702,11 @@ def test_cleanup_by_uid_kills_only_that_uid():
     finally:
         spared.kill()
         spared.wait()
+
+
+def test_non_finite_results_are_reported_as_text_not_json():
+    """inf and NaN are not JSON: a report holding them would read back with null instead."""
+    report = run_tests("def f(x):\n    return [float('inf'), x]\n", "f", [TestCase(name="inf", args={"x": 1}, expected=[1, 1])], limits=Limits(wall_s=20))
+    verdict = report.cases[0]
+    assert not verdict.passed and verdict.actual.startswith("[inf, 1] (not JSON-serialisable")
+    assert type(report).model_validate_json(report.model_dump_json()) == report
