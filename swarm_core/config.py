@@ -80,7 +80,7 @@ class FactorySettings(_Section):
 
     max_repairs: int = Field(3, ge=0, le=10)  # rounds of "here are the failing tests, fix the code"
     max_tests: int = Field(6, ge=1, le=20)  # test cases asked for
-    samples: int = Field(2, ge=0, le=10)  # fresh drafts written when the first code fails its tests
+    samples: int = Field(4, ge=0, le=10)  # fresh drafts written when the first code fails its tests
     sample_temperature: float = Field(0.8, ge=0, le=2)  # their temperature: drafts must differ to help
     code_answer: Literal["json", "text"] = "json"  # code inside the structured answer, or in a Markdown block
     folder: str = "functions"  # the folder new functions are filed in
