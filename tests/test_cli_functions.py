@@ -42,6 +42,9 @@ def test_fn_create_of_a_draft_exits_1(stub, tmp_path):
     made = json.loads(out.stdout)
     assert made["status"] == "draft" and made["repairs"] == 3 and made["tests"]["passed"] == 1
     assert "saved as a draft" in made["summary"]
+    assert [s["step"] for s in made["steps"]].count("sample") == 4  # fresh drafts before repairs
+    shown = swarm("fn", "create", "nth prime", "--store", f"file://{tmp_path}", env={"OPENAI_BASE_URL": stub.base_url}, check=1)
+    assert "    draft 4/4: 1/4 passed" in shown.stderr and "    repair 3/3" in shown.stderr, shown.stderr
     assert swarm("fn", "test", "nth_prime", "--version", "1", "--store", f"file://{tmp_path}", check=1).stdout.count("✗") == 3
 
 
