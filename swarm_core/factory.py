@@ -142,8 +142,8 @@ def create_function(
             except LLMError as exc:
                 say("sample", {"draft": n + 1, "error": str(exc)})
                 break
-            if problem := structure_problem(draft):
-                say("sample", {"draft": n + 1, "error": problem})
+            if broken := structure_problem(draft):  # a draft is not repaired: there are others
+                say("sample", {"draft": n + 1, "error": broken})
                 continue
             fixed = _derive(draft, spec)
             pool.append(Candidate(draft, fixed, check(draft, fixed, cases, config)))
