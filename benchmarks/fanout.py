@@ -149,9 +149,10 @@ def counting_stores(stores: Stores) -> tuple[Stores, list[CountingStore]]:
     return Stores(**out), list(wrapped.values())
 
 
-def summarize_counts(counts: collections.Counter, nodes: int) -> dict[str, Any]:
-    writes = sum(counts[op] for op in WRITE_OPS)
-    reads = sum(counts[op] for op in READ_OPS)
+def summarize_counts(counts: collections.Counter, nodes: int, write_ops=WRITE_OPS, read_ops=READ_OPS) -> dict[str, Any]:
+    """Per-node storage figures; `write_ops`/`read_ops` name which counted calls are which."""
+    writes = sum(counts[op] for op in write_ops)
+    reads = sum(counts[op] for op in read_ops)
     return {
         "writes": writes,
         "reads": reads,
@@ -400,20 +401,7 @@ def run_langgraph(saver_kind: str, n: int, latency: float) -> dict[str, Any]:
         if len(out["results"]) != n or not out.get("report"):
             raise RuntimeError(f"LangGraph run incomplete: {len(out['results'])}/{n} results")
         nodes = n + 2
-        writes, reads = counts["put"] + counts["put_writes"], counts["get_tuple"] + counts["list"]
-        return {
-            "wall_s": wall,
-            "cpu_s": cpu,
-            "nodes": nodes,
-            "writes": writes,
-            "reads": reads,
-            "lists": counts["list"],
-            "writes_per_node": writes / nodes,
-            "reads_per_node": reads / nodes,
-            "lists_per_node": counts["list"] / nodes,
-            "listed_keys_per_node": 0.0,
-            "ops": dict(sorted(counts.items())),
-        }
+        return {"wall_s": wall, "cpu_s": cpu, "nodes": nodes, **summarize_counts(counts, nodes, ("put", "put_writes"), ("get_tuple", "list"))}
     finally:
         if conn is not None:
             conn.close()

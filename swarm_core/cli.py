@@ -94,12 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swarm", description=__doc__.split("\n")[0], parents=[options(suppress=False)])
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    def cmd(name, func, help, *arguments):
-        p = sub.add_parser(name, help=help, description=help, parents=[common])
+    def command(parsers, name, func, help, *arguments):
+        p = parsers.add_parser(name, help=help, description=help, parents=[common])
         for spec in arguments:
             p.add_argument(*spec[0], **spec[1])
         p.set_defaults(func=func)
         return p
+
+    def cmd(name, func, help, *arguments):
+        return command(sub, name, func, help, *arguments)
 
     swarm_id = (["swarm_id"], {"metavar": "ID", "help": "swarm id (sw_…)"})
     cmd(
@@ -143,13 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         inner = p.add_subparsers(metavar="COMMAND")
         p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-        def add(cmd_name, func, cmd_help, *arguments):
-            q = inner.add_parser(cmd_name, help=cmd_help, description=cmd_help, parents=[common])
-            for spec in arguments:
-                q.add_argument(*spec[0], **spec[1])
-            q.set_defaults(func=func)
-
-        return add
+        return lambda cmd_name, func, cmd_help, *arguments: command(inner, cmd_name, func, cmd_help, *arguments)
 
     name = (["name"], {"metavar": "NAME", "help": "function (action) id"})
     version = (["--version"], {"type": int, "metavar": "N", "help": "a given version (default: the active one)"})
