@@ -135,7 +135,7 @@ def create_function(
     else:
         cases = _tests(llm, config, description, spec, say)
         pool = [Candidate(code, spec, check(code, spec, cases, config))]
-        say("run", {"round": 0, "passed": pool[0].report.passed, "failed": pool[0].report.failed, "error": pool[0].report.error})
+        say("run", {"round": 0, **_tally(pool[0].report)})
         for n in range(settings.samples if cases and not pool[0].report.ok else 0):
             try:
                 draft = _write(llm, config, description, temperature=settings.sample_temperature)
@@ -147,7 +147,7 @@ def create_function(
                 continue
             fixed = _derive(draft, spec)
             pool.append(Candidate(draft, fixed, check(draft, fixed, cases, config)))
-            say("sample", {"draft": n + 1, "passed": pool[-1].report.passed, "failed": pool[-1].report.failed, "error": pool[-1].report.error})
+            say("sample", {"draft": n + 1, **_tally(pool[-1].report)})
             if pool[-1].report.ok:
                 break
         best = choose(pool)
@@ -161,7 +161,7 @@ def create_function(
                 break
             fixed = _derive(candidate, best.spec)
             pool.append(Candidate(candidate, fixed, check(candidate, fixed, cases, config), draft=False))
-            say("run", {"round": repairs, "passed": pool[-1].report.passed, "failed": pool[-1].report.failed, "error": pool[-1].report.error})
+            say("run", {"round": repairs, **_tally(pool[-1].report)})
             best = choose(pool)
         code, spec, report, _ = best
     spec = fit_output(spec, report)
@@ -181,9 +181,13 @@ class Candidate(NamedTuple):
     draft: bool = True  # written afresh (it votes in `choose`), not repaired from another
 
 
+def _tally(report: TestReport) -> dict[str, Any]:
+    return {"passed": report.passed, "failed": report.failed, "error": report.error}
+
+
 def choose(pool: list[Candidate]) -> Candidate:
-    """The best code so far: the most tests passed; then the most other candidates that return
-    exactly the same values on every test input (independent drafts that agree are likely
+    """The best code so far: the most tests passed; then the most fresh drafts (itself included)
+    that return exactly the same values on every test input (independent drafts that agree are likely
     right even when the model's expected values are not: execution agreement, as in CodeT;
     only fresh drafts count, since a repair starts from the code it would vote for); then the
     fewest calls that raise or return nothing; then the earliest written."""
@@ -257,10 +261,13 @@ def _prompt(folder: Path, name: str) -> str:
     return (folder / f"{name}.md").read_text()
 
 
-def _ask(llm: LLMSession, config: SwarmBlueprint, prompt: str, schema_name: str, schema: dict, **variables: Any) -> dict:
+def _ask(
+    llm: LLMSession, config: SwarmBlueprint, prompt: str, schema_name: str, schema: dict,
+    text_field: str | None = None, temperature: float | None = None, **variables: Any,
+) -> dict:  # fmt: skip
     messages = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
     messages.append({"role": "user", "content": render(_prompt(config.prompts_path, prompt), variables)})
-    return llm.ask(messages, schema_name, schema)
+    return llm.ask(messages, schema_name, schema, text_field=text_field, temperature=temperature)
 
 
 def _code(answer: dict) -> str:
@@ -316,9 +323,8 @@ def _repair(llm: LLMSession, config: SwarmBlueprint, description: str, code: str
 def _ask_code(llm: LLMSession, config: SwarmBlueprint, prompt: str, schema_name: str, temperature: float | None, **variables: Any) -> dict:
     """A code-writing call, in the blueprint's `factory.code_answer` form."""
     form = config.factory.code_answer
-    messages = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
-    messages.append({"role": "user", "content": render(_prompt(config.prompts_path, prompt), {**variables, "answer": _ANSWER[form]})})
-    return llm.ask(messages, schema_name, CODE_SCHEMA, text_field="code" if form == "text" else None, temperature=temperature)
+    text_field = "code" if form == "text" else None
+    return _ask(llm, config, prompt, schema_name, CODE_SCHEMA, text_field, temperature, answer=_ANSWER[form], **variables)
 
 
 def spec_schema(names: list[str], params: list[str]) -> dict[str, Any]:
