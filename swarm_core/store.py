@@ -12,7 +12,9 @@ import re
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
 
-_KEY = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+# Segments of letters, digits and `_.-`, none of them `.` or `..`: one match per key.
+_SEGMENT = r"(?!\.\.?(?:/|\Z))[A-Za-z0-9_.\-]+"
+_KEY = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
 
 
 class StoreError(Exception):
@@ -28,7 +30,7 @@ class KeyNotFound(StoreError, KeyError):
 
 def check_key(key: str) -> str:
     """Reject keys that could escape the store's root (`..`, absolute, empty segments)."""
-    if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+    if not _KEY.fullmatch(key):
         raise StoreError(f"invalid storage key {key!r}")
     return key
 
