@@ -110,12 +110,12 @@ class FileStore(Store):
         return fd
 
     def swap(self, key: str, data: bytes, expected_version: str) -> bool:
-        path = self._path(key)
+        check_key(key)  # before a lock file is opened for it
         fd = self._locked(key)
         try:
             try:
-                current = _version(_read_file(path))
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                current = self.version(key)
+            except KeyNotFound:
                 return False
             if current != expected_version:
                 return False
