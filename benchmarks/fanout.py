@@ -22,6 +22,9 @@ swarm is driven through its public API only: an Engine on the fan-out blueprint
 (tests/blueprints/fanout) with a FunctionTransport, `load_goal`, `dispatcher.wait()`.
 LangGraph: StateGraph plan -> Send x N -> leaf -> supervisor, sync nodes sleeping L,
 InMemorySaver or SqliteSaver (file in a temp dir), `max_concurrency` = N.
+Floors: the same shape as bare sleeps with no engine at all, on a ThreadPoolExecutor(N) (the
+best efficiency a thread-per-node dispatcher can reach on the machine it runs on) and as
+asyncio tasks on one thread (what a dispatcher holding no thread per pending call could).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -65,12 +69,14 @@ TARGET_EFFICIENCY = 0.8
 TARGET_WRITES_PER_NODE = 6.0
 ORIENTATION = "LangGraph+SQLite 2.5 ms/node, efficiency 0.044 at N=1000, L=0.05 (issue 2, measured elsewhere)"
 
-SYSTEMS = ("swarm-memory", "swarm-file", "langgraph-memory", "langgraph-sqlite")
+SYSTEMS = ("swarm-memory", "swarm-file", "langgraph-memory", "langgraph-sqlite", "thread-floor", "asyncio-floor")
 LABELS = {
     "swarm-memory": "swarm memory://",
     "swarm-file": "swarm file://",
     "langgraph-memory": "LangGraph InMemorySaver",
     "langgraph-sqlite": "LangGraph SqliteSaver",
+    "thread-floor": "floor: bare threads",
+    "asyncio-floor": "floor: asyncio tasks",
 }
 WRITE_OPS = ("create", "write", "swap")
 READ_OPS = ("read", "read_versioned", "version", "exists")
@@ -230,7 +236,7 @@ class StoreLocation:
             fs.pseudo_dirs[:] = [d for d in fs.pseudo_dirs if not (d + "/").startswith(prefix)]
 
 
-def make_swarm_engine(store_uri: str, n: int, latency: float, dispatcher=None, count: bool = True):
+def make_swarm_engine(store_uri: str, n: int, latency: float, dispatcher=None, count: bool = True, transport_cls=FunctionTransport):
     bp = load_blueprint(FANOUT_BLUEPRINT)
     bp.stores.state = store_uri
     bp.dispatcher.concurrency = n
@@ -238,7 +244,7 @@ def make_swarm_engine(store_uri: str, n: int, latency: float, dispatcher=None, c
     stores, counters = Stores.open(bp), []
     if count:
         stores, counters = counting_stores(stores)
-    transport = FunctionTransport(responder(n), delay_s=latency)
+    transport = transport_cls(responder(n), delay_s=latency)
     return Engine(bp, stores=stores, transport=transport, dispatcher=dispatcher), counters
 
 
@@ -409,11 +415,78 @@ def run_langgraph(saver_kind: str, n: int, latency: float) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# --- the floor under any thread-per-node dispatcher -----------------------------------
+
+
+def run_thread_floor(n: int, latency: float) -> dict[str, Any]:
+    """The same fan-out with no engine, no storage and no LLM layer: a ThreadPoolExecutor(N),
+    as LocalDispatcher uses, runs plan -> N leaves -> supervisor as bare sleeps of L.
+    Its efficiency is the most a thread-per-node dispatcher can reach on this machine,
+    whatever the engine costs: creating and scheduling N threads is not free."""
+    pool = ThreadPoolExecutor(max(1, n), thread_name_prefix="floor")
+    finished, lock, left = threading.Event(), threading.Lock(), [n]
+
+    def call() -> None:
+        if latency:
+            time.sleep(latency)
+
+    def supervise() -> None:
+        call()
+        finished.set()
+
+    def leaf() -> None:
+        call()
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            pool.submit(supervise)
+
+    def plan() -> None:
+        call()
+        for _ in range(n):
+            pool.submit(leaf)
+
+    try:
+        gc.collect()
+        t0, c0 = time.perf_counter(), time.process_time()
+        pool.submit(plan)
+        if not finished.wait(600):
+            raise RuntimeError("thread floor run did not finish in 600 s")
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        pool.shutdown(wait=True)
+    return {"wall_s": wall, "cpu_s": cpu, "nodes": n + 2, **summarize_counts(collections.Counter(), n + 2)}
+
+
+def run_asyncio_floor(n: int, latency: float) -> dict[str, Any]:
+    """The same bare sleeps as asyncio tasks on one thread: what a dispatcher that holds no
+    thread while an LLM call is pending could reach, again with no engine at all."""
+    import asyncio
+
+    async def call() -> None:
+        if latency:
+            await asyncio.sleep(latency)
+
+    async def swarm() -> None:
+        await call()  # plan
+        await asyncio.gather(*(call() for _ in range(n)))  # the leaves
+        await call()  # supervise
+
+    gc.collect()
+    t0, c0 = time.perf_counter(), time.process_time()
+    asyncio.run(swarm())
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"wall_s": wall, "cpu_s": cpu, "nodes": n + 2, **summarize_counts(collections.Counter(), n + 2)}
+
+
 RUNNERS: dict[str, Callable[[int, float], dict[str, Any]]] = {
     "swarm-memory": lambda n, lat: run_swarm("memory", n, lat),
     "swarm-file": lambda n, lat: run_swarm("file", n, lat),
     "langgraph-memory": lambda n, lat: run_langgraph("memory", n, lat),
     "langgraph-sqlite": lambda n, lat: run_langgraph("sqlite", n, lat),
+    "thread-floor": run_thread_floor,
+    "asyncio-floor": run_asyncio_floor,
 }
 
 
@@ -506,9 +579,10 @@ def render_table(report: dict[str, Any]) -> str:
       f"load average {cfg['loadavg_1min_before']} before / {cfg.get('loadavg_1min_after')} after, {cfg.get('benchmark_s')} s\n")
     w(f"creating one small file in {tempfile.gettempdir()}: {cfg.get('file_create_ms_before')} ms before / "
       f"{cfg.get('file_create_ms_after')} ms after (median; a file:// leaf creates 5)\n")
-    busy = max(x for x in (cfg["loadavg_1min_before"], cfg.get("loadavg_1min_after"), 0) if x is not None)
-    if cfg["cpus"] and busy > cfg["cpus"]:
-        w(f"WARNING: the machine was busy (load {busy} > {cfg['cpus']} CPUs): timings are inflated and noisy\n")
+    # Only the load before counts: the runs' own thousand threads raise the load average after.
+    busy = cfg["loadavg_1min_before"]
+    if cfg["cpus"] and busy is not None and busy > cfg["cpus"]:
+        w(f"WARNING: the machine was busy before the run (load {busy} > {cfg['cpus']} CPUs): timings are inflated and noisy\n")
     w("\n")
     w(f"{'time':26s} {'ms/node':>10s} {'cpu ms/node':>12s} {'wall':>10s} {'efficiency':>11s}\n")
     w(f"{'':26s} {f'N={nb} L=0':>10s} {f'N={nb} L=0':>12s} {f'L={lat:g}':>10s} {'3L/wall':>11s}\n")
@@ -532,6 +606,13 @@ def render_table(report: dict[str, Any]) -> str:
             eff = f"{v['efficiency']:.2f}x" if v["efficiency"] else "-"
             wr = f"{v['writes_per_node_big']:.2f}x" if v["writes_per_node_big"] else "-"
             w(f"  {label:28s} ms/node {v['ms_per_node']:.2f}x   efficiency {eff}   writes/node {wr}\n")
+    floor, afloor = results.get("thread-floor"), results.get("asyncio-floor")
+    if floor and floor["efficiency"] is not None:
+        w(f"\nFloors: the same fan-out as bare sleeps, no engine and no storage. On a ThreadPoolExecutor(N), as the local\n"
+          f"dispatcher runs nodes, efficiency {floor['efficiency']:.3f}: the most any thread-per-node dispatcher reaches here "
+          f"(target {TARGET_EFFICIENCY}).\n")
+    if afloor and afloor["efficiency"] is not None:
+        w(f"As asyncio tasks on one thread, holding no thread while a call is pending: {afloor['efficiency']:.3f}.\n")
     w(f"\nOrientation: {ORIENTATION}\n")
     w("ms/node = wall/(N+2); cpu ms/node = this process's CPU time (all threads)/(N+2), less sensitive to other load.\n")
     w("Writes = create+write+swap calls (swarm; lost CAS/create-if-absent included) | put+put_writes (LangGraph).\n")
