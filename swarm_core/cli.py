@@ -250,6 +250,16 @@ def _print_changes(engine: Engine, swarm_id: str, seen: dict[str, str]) -> None:
             err.print(f"{n.node_id:<24} {n.blueprint.action:<16} {n.status}", markup=False, highlight=False)
 
 
+def _print_report(report: str) -> None:
+    """Rendered and wrapped to a terminal's width; the Markdown itself, whole, into a pipe or file
+    (`out` soft-wraps, which makes rich crop list items at the console's width)."""
+    if out.is_terminal:
+        out.print(Markdown(report), soft_wrap=False)
+    else:
+        sys.stdout.write(report.rstrip("\n") + "\n")
+        sys.stdout.flush()
+
+
 def _finish(engine: Engine, swarm_id: str, args, status: dict[str, Any], extra: dict | None = None) -> int:
     errors = getattr(engine.dispatcher, "errors", [])
     if status["status"] == "running" and errors:
@@ -259,7 +269,7 @@ def _finish(engine: Engine, swarm_id: str, args, status: dict[str, Any], extra: 
         print(json.dumps({**{k: status[k] for k in ("swarm_id", "status", "report", "error", "usage", "waiting")}, "nodes": nodes, **(extra or {})}))
     else:
         if status["report"]:
-            out.print(Markdown(status["report"]))
+            _print_report(status["report"])
         if status["error"]:
             err.print(f"[red]error:[/] {status['error']}", highlight=False)
         for w in status["waiting"]:

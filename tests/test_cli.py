@@ -38,6 +38,7 @@ def test_demo_runs_offline_from_the_shipped_recording(tmp_path):
     assert "Three days in Lisbon" in proc.stdout
     out = json.loads(swarm("run", DEMO_GOAL, "--store", store, "--json", check=0).stdout)
     assert out["status"] == "done" and out["usage"]["llm_calls"] == 7
+    assert out["report"].strip() in proc.stdout  # piped: the whole report, no line cut at 80 columns
     assert {n["node_id"] for n in out["nodes"]} >= {"root", "root.0.1.0.0", "root.1.0"}
     listed = json.loads(swarm("list", "--json", "--store", store, check=0).stdout)["swarms"]
     assert [s["swarm_id"] for s in listed] == sorted((s["swarm_id"] for s in listed), reverse=True)
