@@ -622,7 +622,7 @@ class Engine:
             }
         )
         if self.state.swap(key, dump(final), version):
-            self._event(swarm_id, Event(kind="swarm_done", node_id=root.node_id, data={"status": final.status}))
+            self._event(swarm_id, Event(kind="swarm_done", node_id=root.node_id, round=root.blueprint.round, data={"status": final.status}))
             if final.report:
                 self.stores.memory.write(f"reports/{swarm_id}.md", f"# {header.goal}\n\n{final.report}\n".encode())
 

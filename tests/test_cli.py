@@ -50,6 +50,7 @@ def test_demo_runs_offline_from_the_shipped_recording(tmp_path):
     assert len(snap["nodes"]) == 6 and snap["swarm"]["status"] == "done"
     hist = json.loads(swarm("history", sid, "--json", "--store", store, check=0).stdout)
     assert hist["events"][0]["kind"] == "created" and hist["events"][-1]["kind"] == "swarm_done"
+    assert hist["events"][-1]["round"] == hist["events"][-2]["round"] == 2  # the root's final round
     status = json.loads(swarm("status", sid, "--json", "--store", store, check=0).stdout)
     assert status["status"] == "done" and status["nodes"] == 6
     replay = json.loads(swarm("replay", sid, "--json", "--store", store, check=0).stdout)
