@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections import defaultdict
 
 import fsspec
 from fsspec.implementations.memory import MemoryFile
@@ -30,8 +29,10 @@ from fsspec.implementations.memory import MemoryFile
 from swarm_core.store import KeyNotFound, Store, check_key
 
 STRIPES = 64
-_LOCKS: defaultdict[str, tuple[threading.Lock, ...]] = defaultdict(lambda: tuple(threading.Lock() for _ in range(STRIPES)))
-_FOLDERS: defaultdict[str, dict[str, set[str]]] = defaultdict(dict)
+# Per store name, shared by every MemoryStore of that name. Filled with dict.setdefault, which is
+# atomic: two stores opened at once must not end up with different locks for one name.
+_LOCKS: dict[str, tuple[threading.Lock, ...]] = {}
+_FOLDERS: dict[str, dict[str, set[str]]] = {}
 _STAMPS = itertools.count(1)  # next() is atomic in CPython
 
 
@@ -41,8 +42,8 @@ class MemoryStore(Store):
         self.uri = f"memory://{self.name}"
         self.fs = fsspec.filesystem("memory")
         self._objects = self.fs.store  # fsspec's own dict: "/NAME/KEY" -> MemoryFile
-        self._locks = _LOCKS[self.name]
-        self._folders = _FOLDERS[self.name]  # folder key -> names of the objects written in it
+        self._locks = _LOCKS.setdefault(self.name, tuple(threading.Lock() for _ in range(STRIPES)))
+        self._folders = _FOLDERS.setdefault(self.name, {})  # folder key -> names of the objects written in it
 
     def _path(self, key: str) -> str:
         return f"/{self.name}/{check_key(key)}"
