@@ -1,12 +1,13 @@
 """`file://PATH`: the local filesystem, the default store (`file://./.swarm`).
 
-fsspec's LocalFileSystem does deletes; writes go through a temporary file and
-`os.replace` so a killed process never leaves a torn object, `create` links the
-temporary file in (fails if the key exists), and `swap` holds an `flock` on one of
-256 lock files under `~locks/` (a name no key can have), chosen by the key's hash,
-so it is atomic across processes on one machine. Striped locks, not one lock file
-per key: creating a file costs 0.05-0.6 ms on ext4, and a per-key lock file made
-every claim of a node create one more.
+fsspec's LocalFileSystem does deletes. Writes go through a temporary file and `os.replace`,
+so a killed process never leaves a torn object; `create` links the temporary file in (which
+fails if the key exists). A temporary file is named `KEY~PID.THREAD`: no key contains "~", so
+one left by a dead writer is never listed or mistaken for a key. `swap` holds an `flock` on
+one of 256 lock files under `~locks/`, chosen by the key's hash, so it is atomic across
+processes on one machine. Striped locks, not one lock file per key: creating a file costs
+0.02-0.9 ms on this VM's ext4, and a per-key lock file made every claim of a node create one
+more.
 
 Objects are read and written with `os.open`/`os.read`/`os.write`, not `open()`: a
 buffered file also calls fstat, ioctl and lseek, and every system call lets another
@@ -18,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import threading
 
 import fsspec
@@ -27,6 +29,7 @@ from swarm_core.store import KeyNotFound, Store, StoreError, check_key
 
 LOCKS = "~locks"  # "~" is not allowed in keys (store.check_key): never listed, never a key
 STRIPES = 256
+_OLD_TMP = re.compile(r"\.\d+\.\d+\.tmp\Z")  # `KEY.PID.THREAD.tmp`: temporary files of versions before "~"
 
 
 def _read_file(path: str) -> bytes:
@@ -74,7 +77,7 @@ class FileStore(Store):
     def _aside(self, path: str, data: bytes) -> str:
         """Write `data` to a temporary file beside `path`; return its name."""
         self._dir(path)
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp = f"{path}~{os.getpid()}.{threading.get_ident()}"  # "~": a name no key can have
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             view = memoryview(data)
@@ -150,7 +153,7 @@ class FileStore(Store):
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     self._scan(entry.path, f"{rel}{entry.name}/", keys)
-                elif not entry.name.endswith((".tmp", ".lock")):  # .lock: per-key locks of older versions
+                elif "~" not in entry.name and not _OLD_TMP.search(entry.name):  # temporary files
                     keys.append(rel + entry.name)
 
     def delete(self, key: str) -> None:

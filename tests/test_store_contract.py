@@ -61,6 +61,23 @@ def test_read_write_list_delete(store):
     assert not store.exists("a/two.json")
 
 
+def test_keys_named_like_temporary_or_lock_files_are_keys(store):
+    # a backend's own bookkeeping must not take names a key can have
+    store.write("a/report.tmp", b"1")
+    assert store.create("a/state.lock", b"2")
+    store.write("a/x.json.tmp", b"3")
+    assert store.list("a/") == ["a/report.tmp", "a/state.lock", "a/x.json.tmp"]
+    assert store.read("a/state.lock") == b"2"
+
+
+def test_file_store_never_lists_a_dead_writers_temporary_files(tmp_path):
+    store = open_store(f"file://{tmp_path}")
+    store.write("a/k.json", b"1")
+    (tmp_path / "a" / "k.json~123.456").write_bytes(b"{tor")  # killed between write and rename
+    (tmp_path / "a" / "k.json.123.456.tmp").write_bytes(b"{tor")  # the same, named by older versions
+    assert store.list("a/") == ["a/k.json"] and store.read("a/k.json") == b"1"
+
+
 def test_missing_keys_raise_key_not_found(store):
     for op in (store.read, store.version, store.delete, store.read_versioned):
         with pytest.raises(KeyNotFound) as err:
