@@ -329,7 +329,10 @@ def cmd_tree(args) -> int:
     if args.json:
         print(json.dumps({"swarm_id": args.swarm_id, "nodes": _node_rows(nodes)}))
     else:
-        out.print(render_tree(nodes, f"[bold]{args.swarm_id}[/] {engine.header(args.swarm_id).goal}"))
+        tree = render_tree(nodes, f"[bold]{args.swarm_id}[/] {engine.header(args.swarm_id).goal}")
+        # `out` soft-wraps, which makes rich crop each label at the console's width (80 in a pipe):
+        # on a terminal labels wrap inside the tree; into a pipe each node stays one whole line
+        (out if out.is_terminal else Console(width=100_000)).print(tree, soft_wrap=False)
     return 0
 
 
