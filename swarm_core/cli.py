@@ -1,7 +1,7 @@
 """`swarm`: run goals and inspect swarms from a terminal or a script.
 
 Exit codes: 0 swarm done (or command succeeded), 1 swarm failed or incomplete, 2 bad usage or
-unknown id, 3 swarm waiting for a user's answer. `--json` prints exactly one JSON object.
+unknown id, 3 swarm waiting for a user's answer, 130 interrupted (Ctrl-C). `--json` prints exactly one JSON object.
 `swarm fn …` and `swarm actions …` work on the deployment's functions and action space:
 0 ok, 1 the function or its tests failed (a draft, an invalid space), 2 bad usage or unknown name.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -50,6 +51,14 @@ class UsageError(Exception):
     pass
 
 
+class Interrupted(Exception):
+    """Ctrl-C while a swarm ran here: nothing new was started, what was running finished its step."""
+
+    def __init__(self, swarm_id: str):
+        super().__init__(f"interrupted; `swarm resume {swarm_id}` finishes the swarm")
+        self.swarm_id = swarm_id
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -59,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
+    except Interrupted as exc:
+        return _fail(args, str(exc), 130, swarm_id=exc.swarm_id)
     except KeyboardInterrupt:
-        err.print("interrupted; finish the swarm later with `swarm resume ID`")
-        return 130
+        return _fail(args, "interrupted", 130)
     except (UsageError, SwarmError, InvalidId, ConfigError, SpaceError) as exc:
         code = 1 if isinstance(exc, CorruptRecord) else 2
         return _fail(args, str(exc), code)
@@ -73,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, f"storage: {exc}", 1)
 
 
-def _fail(args, message: str, code: int) -> int:
+def _fail(args, message: str, code: int, **extra: Any) -> int:
     if getattr(args, "json", False):
-        print(json.dumps({"error": message, "exit_code": code}))
+        print(json.dumps({"error": message, "exit_code": code, **extra}), flush=True)
     print(f"swarm: error: {message}", file=sys.stderr)
     return code
 
@@ -225,7 +235,36 @@ def _node_rows(nodes: list[NodeRecord]) -> list[dict[str, Any]]:
 
 
 def _drive(engine: Engine, swarm_id: str, args, label: str = "") -> dict[str, Any]:
-    """Wait for the local dispatcher to go idle, showing the tree live on a terminal."""
+    """Wait for the local dispatcher to go idle, showing the tree live on a terminal.
+    Ctrl-C stops it (see `_stop`) and raises Interrupted."""
+    try:
+        return _watch(engine, swarm_id, args, label)
+    except KeyboardInterrupt:
+        _stop(engine, swarm_id, args)
+        raise Interrupted(swarm_id) from None
+
+
+def _stop(engine: Engine, swarm_id: str, args) -> None:
+    """First Ctrl-C: start no more nodes and let the running ones finish their step, so no LLM
+    answer already paid for is lost. A second one quits at once, like a crash: every record is
+    written atomically and `swarm resume` re-runs what was cut off."""
+    stop = getattr(engine.dispatcher, "stop", None)
+    if stop is None:
+        return
+    running = stop()
+    if running:
+        err.print(f"interrupted: waiting for {running} running node(s) to finish their step; nothing new starts "
+                  "(Ctrl-C again to quit at once)", highlight=False)
+    try:
+        engine.dispatcher.wait()
+    except KeyboardInterrupt:
+        _fail(args, f"quit; `swarm resume {swarm_id}` finishes the swarm", 130, swarm_id=swarm_id)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)  # the pool's threads would otherwise be joined at exit
+
+
+def _watch(engine: Engine, swarm_id: str, args, label: str) -> dict[str, Any]:
     dispatcher = engine.dispatcher
     if args.json or not err.is_terminal:
         seen: dict[str, str] = {}

@@ -68,9 +68,35 @@ class LocalDispatcher(PooledDispatcher):
     """Runs every dispatched node on a thread pool: siblings really run at once, up to
     `concurrency`, and no subtree waits for an unrelated one."""
 
+    def __init__(self, concurrency: int, name: str = "swarm-node"):
+        super().__init__(concurrency, name)
+        self.stopped = False
+
     def dispatch(self, swarm_id: str, blueprint: NodeBlueprint) -> None:
+        if self.stopped:
+            log.info("not starting %s %s round %d: stopping (swarm resume delivers it)", swarm_id, blueprint.node_id, blueprint.round)
+            return
         self._started()
-        self._pool.submit(self._run, swarm_id, blueprint)
+        try:
+            future = self._pool.submit(self._run, swarm_id, blueprint)
+        except RuntimeError:  # stop() shut the pool down meanwhile
+            self._finished()
+            return
+        future.add_done_callback(self._dropped)
+
+    def _dropped(self, future) -> None:
+        if future.cancelled():  # queued when stop() came: never ran, so never finished
+            self._finished()
+
+    def stop(self) -> int:
+        """Start nothing more. Queued nodes are dropped and later dispatches ignored: their
+        records stay where they are (pending, or a claimed join), as after a crash, so
+        `swarm resume` delivers them. Running nodes finish their step; `wait()` waits for them.
+        Returns how many are running."""
+        self.stopped = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._idle:
+            return self._outstanding
 
     def _run(self, swarm_id: str, blueprint: NodeBlueprint) -> None:
         try:

@@ -98,40 +98,74 @@ def test_failed_swarm_exits_1(stub, tmp_path):
     assert out["status"] == "failed" and "break_down_goal: no valid answer after 3 attempts" in out["error"]
 
 
-def test_sigkill_mid_run_then_resume_completes_without_duplicates(stub, tmp_path):
+def _fanned_out_run(stub, tmp_path, leaf_delay_s: float):
+    """`swarm run --json` of six slow leaves in a subprocess; returns once all six are running."""
     slow = http_responder(default_responder(subtasks=[f"part {i}" for i in range(6)]))
 
     def respond(req):
         reply = slow(req)
         if req["response_format"]["json_schema"]["name"] == "write_text":
-            reply.delay_s = 1.0
+            reply.delay_s = leaf_delay_s
         return reply
 
     stub.responder = respond
-    store = f"file://{tmp_path}"
     env = {**CLEAN_ENV, "OPENAI_BASE_URL": stub.base_url}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "swarm_core.cli", "run", "six parts", "--store", store, "--json"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "swarm_core.cli", "run", "six parts", "--store", f"file://{tmp_path}", "--json"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 30
-    nodes_dir = None
-    while time.time() < deadline:  # kill once the children are running
+    while time.time() < deadline:  # once the children are running
         found = list(tmp_path.glob("swarms/*/nodes"))
-        if found and len(list(found[0].glob("root.0.*.json"))) == 6 and len(stub.requests) >= 4:
-            nodes_dir = found[0]
-            break
+        if found and len(list(found[0].glob("root.0.*.json"))) == 6 and len(stub.requests) >= 7:
+            return proc, found[0].parent.name
         time.sleep(0.05)
-    assert nodes_dir, "the run never fanned out"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    sid = nodes_dir.parent.name
-    before = json.loads(swarm("status", sid, "--json", "--store", store, check=0).stdout)
-    assert before["status"] == "running" and before["by_status"].get("running")
+    proc.kill()
+    raise AssertionError("the run never fanned out")
+
+
+def _resume_completes_once(stub, store: str, sid: str) -> None:
     out = json.loads(swarm("resume", sid, "--json", "--store", store, env={"OPENAI_BASE_URL": stub.base_url}, check=0).stdout)
     assert out["status"] == "done"
     ids = [n["node_id"] for n in out["nodes"]]
     assert len(ids) == len(set(ids)) == 8  # root, 6 parts, supervisor
     assert all(n["status"] == "done" for n in out["nodes"])
+
+
+def test_ctrl_c_lets_running_nodes_finish_starts_nothing_new_and_names_the_swarm(stub, tmp_path):
+    proc, sid = _fanned_out_run(stub, tmp_path, leaf_delay_s=2.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert json.loads(stdout) == {"error": f"interrupted; `swarm resume {sid}` finishes the swarm", "exit_code": 130, "swarm_id": sid}
+    assert "waiting for 6 running node(s)" in stderr and "Traceback" not in stderr
+    names = [req["response_format"]["json_schema"]["name"] for req in stub.requests]
+    assert names.count("write_text") == 6 and "supervise" not in names  # the leaves' answers kept, no new node
+    status = json.loads(swarm("status", sid, "--json", "--store", f"file://{tmp_path}", check=0).stdout)
+    assert status["by_status"] == {"waiting_children": 1, "done": 6}
+    _resume_completes_once(stub, f"file://{tmp_path}", sid)
+
+
+def test_a_second_ctrl_c_quits_at_once_and_resume_finishes(stub, tmp_path):
+    proc, sid = _fanned_out_run(stub, tmp_path, leaf_delay_s=30.0)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=10)  # not the leaves' 30 s
+    assert proc.returncode == 130, stderr
+    assert json.loads(stdout)["error"] == f"quit; `swarm resume {sid}` finishes the swarm"
+    stub.responder = http_responder(default_responder(subtasks=[f"part {i}" for i in range(6)]))
+    _resume_completes_once(stub, f"file://{tmp_path}", sid)
+
+
+def test_sigkill_mid_run_then_resume_completes_without_duplicates(stub, tmp_path):
+    proc, sid = _fanned_out_run(stub, tmp_path, leaf_delay_s=1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = f"file://{tmp_path}"
+    before = json.loads(swarm("status", sid, "--json", "--store", store, check=0).stdout)
+    assert before["status"] == "running" and before["by_status"].get("running")
+    _resume_completes_once(stub, store, sid)
+    ids = [n["node_id"] for n in json.loads(swarm("tree", sid, "--json", "--store", store, check=0).stdout)["nodes"]]
     again = json.loads(swarm("resume", sid, "--json", "--store", store, check=0).stdout)
     assert [n["node_id"] for n in again["nodes"]] == ids

@@ -354,3 +354,24 @@ def test_a_question_in_a_sequential_step_makes_the_swarm_wait_for_the_user():
     st = engine.status(sid)
     assert st["by_status"] == {"waiting_children": 1, "waiting_user": 1, "pending": 1}
     assert st["status"] == "waiting_user"  # step two waits behind step one: nothing else can run
+
+
+def test_a_stopped_local_dispatcher_drops_queued_nodes_and_ignores_new_ones():
+    from swarm_core.dispatch import LocalDispatcher
+
+    started, release = [], threading.Event()
+
+    class SlowEngine:
+        def execute_node(self, swarm_id, bp):
+            started.append(bp.node_id)
+            release.wait(10)
+
+    d = LocalDispatcher(1)
+    d.bind(SlowEngine())
+    for i in range(3):
+        d.dispatch("sw", NodeBlueprint(node_id=f"root.0.{i}", action="write_text"))
+    assert not d.wait(0.2) and started == ["root.0.0"]
+    assert d.stop() == 1  # root.0.1 and root.0.2 were queued: dropped
+    d.dispatch("sw", NodeBlueprint(node_id="root.0.3", action="write_text"))
+    release.set()
+    assert d.wait(5) and started == ["root.0.0"] and not d.errors
