@@ -83,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, f"storage: {exc}", 1)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("swarm")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def _fail(args, message: str, code: int, **extra: Any) -> int:
     if getattr(args, "json", False):
         print(json.dumps({"error": message, "exit_code": code, **extra}), flush=True)
@@ -102,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 
     common = options(suppress=True)
     parser = argparse.ArgumentParser(prog="swarm", description=__doc__.split("\n")[0], parents=[options(suppress=False)])
+    parser.add_argument("--version", action="version", version=f"swarm {_version()}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     def command(parsers, name, func, help, *arguments):

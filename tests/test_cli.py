@@ -59,6 +59,13 @@ def test_demo_runs_offline_from_the_shipped_recording(tmp_path):
     assert replay["identical"] is True and replay["replay_of"] == sid and replay["status"] == "done"
 
 
+def test_version_is_the_installed_package_version():
+    import tomllib
+
+    expected = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert swarm("--version", check=0).stdout.strip() == f"swarm {expected}"
+
+
 @pytest.mark.parametrize(
     "args, code, needle",
     [
