@@ -205,7 +205,13 @@ def _engine(args) -> Engine:
 
 
 def render_tree(nodes: list[NodeRecord], title: str) -> Tree:
-    tree = Tree(title)
+    """The node tree under `title` and a count per status: on a terminal a wide swarm's tree is
+    cut at the screen's height, and the counts still show how far it has got."""
+    counts: dict[str, int] = {}
+    for n in nodes:
+        counts[n.status] = counts.get(n.status, 0) + 1
+    summary = ", ".join(f"[{STYLE[s][1]}]{counts[s]} {s.replace('_', ' ')}[/]" for s in STYLE if s in counts)
+    tree = Tree(f"{title}\n{len(nodes)} nodes: {summary}" if nodes else title)
     branches: dict[str, Tree] = {}
     for n in nodes:
         icon, color = STYLE[n.status]

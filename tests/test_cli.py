@@ -48,6 +48,7 @@ def test_demo_runs_offline_from_the_shipped_recording(tmp_path):
     assert all({"node_id", "parent_id", "status"} <= set(n) for n in tree["nodes"])
     text = swarm("tree", sid, "--store", store, check=0).stdout  # piped: labels whole, not cut at 80 columns
     assert f"root break_down_goal {DEMO_GOAL[:69]}…" in text and DEMO_GOAL in text
+    assert "\n6 nodes: 6 done\n" in text  # counts per status: the live view's progress on a wide swarm
     snap = json.loads(swarm("snapshot", sid, "--json", "--store", store, check=0).stdout)
     assert len(snap["nodes"]) == 6 and snap["swarm"]["status"] == "done"
     hist = json.loads(swarm("history", sid, "--json", "--store", store, check=0).stdout)
