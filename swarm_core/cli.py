@@ -1,7 +1,8 @@
 """`swarm`: run goals and inspect swarms from a terminal or a script.
 
 Exit codes: 0 swarm done (or command succeeded), 1 swarm failed or incomplete, 2 bad usage or
-unknown id, 3 swarm waiting for a user's answer, 130 interrupted (Ctrl-C). `--json` prints exactly one JSON object.
+unknown id, 3 swarm waiting for a user's answer, 130 interrupted (Ctrl-C). `--json` prints
+exactly one JSON object.
 `swarm fn …` and `swarm actions …` work on the deployment's functions and action space:
 0 ok, 1 the function or its tests failed (a draft, an invalid space), 2 bad usage or unknown name.
 """
