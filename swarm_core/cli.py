@@ -1,8 +1,8 @@
 """`swarm`: run goals and inspect swarms from a terminal or a script.
 
 Exit codes: 0 swarm done (or command succeeded), 1 swarm failed or incomplete, 2 bad usage or
-unknown id, 3 swarm waiting for a user's answer, 130 interrupted (Ctrl-C). `--json` prints
-exactly one JSON object.
+unknown id, 3 swarm waiting for a user's answer, 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM). `--json` prints exactly one JSON object.
 `swarm fn …` and `swarm actions …` work on the deployment's functions and action space:
 0 ok, 1 the function or its tests failed (a draft, an invalid space), 2 bad usage or unknown name.
 """
@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -53,11 +54,20 @@ class UsageError(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C while a swarm ran here: nothing new was started, what was running finished its step."""
+    """Ctrl-C or SIGTERM while a swarm ran here: nothing new was started, what was running
+    finished its step. `code` is 128 + the signal's number, as a shell reports it."""
 
-    def __init__(self, swarm_id: str):
+    def __init__(self, swarm_id: str, code: int):
         super().__init__(f"interrupted; `swarm resume {swarm_id}` finishes the swarm")
-        self.swarm_id = swarm_id
+        self.swarm_id, self.code = swarm_id, code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a container stopping, `timeout`, `kill`) while a swarm runs: handled as Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Interrupted as exc:
-        return _fail(args, str(exc), 130, swarm_id=exc.swarm_id)
+        return _fail(args, str(exc), exc.code, swarm_id=exc.swarm_id)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", 130)
     except (UsageError, SwarmError, InvalidId, ConfigError, SpaceError) as exc:
@@ -253,18 +263,22 @@ def _node_rows(nodes: list[NodeRecord]) -> list[dict[str, Any]]:
 
 def _drive(engine: Engine, swarm_id: str, args, label: str = "") -> dict[str, Any]:
     """Wait for the local dispatcher to go idle, showing the tree live on a terminal.
-    Ctrl-C stops it (see `_stop`) and raises Interrupted."""
+    Ctrl-C or SIGTERM stops it (see `_stop`) and raises Interrupted."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _watch(engine, swarm_id, args, label)
-    except KeyboardInterrupt:
-        _stop(engine, swarm_id, args)
-        raise Interrupted(swarm_id) from None
+    except KeyboardInterrupt as exc:
+        code = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+        _stop(engine, swarm_id, args, code)
+        raise Interrupted(swarm_id, code) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _stop(engine: Engine, swarm_id: str, args) -> None:
-    """First Ctrl-C: start no more nodes and let the running ones finish their step, so no LLM
-    answer already paid for is lost. A second one quits at once, like a crash: every record is
-    written atomically and `swarm resume` re-runs what was cut off."""
+def _stop(engine: Engine, swarm_id: str, args, code: int) -> None:
+    """First Ctrl-C (or SIGTERM): start no more nodes and let the running ones finish their
+    step, so no LLM answer already paid for is lost. A second one quits at once, like a crash:
+    every record is written atomically and `swarm resume` re-runs what was cut off."""
     stop = getattr(engine.dispatcher, "stop", None)
     if stop is None:
         return
@@ -275,10 +289,10 @@ def _stop(engine: Engine, swarm_id: str, args) -> None:
     try:
         engine.dispatcher.wait()
     except KeyboardInterrupt:
-        _fail(args, f"quit; `swarm resume {swarm_id}` finishes the swarm", 130, swarm_id=swarm_id)
+        _fail(args, f"quit; `swarm resume {swarm_id}` finishes the swarm", code, swarm_id=swarm_id)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)  # the pool's threads would otherwise be joined at exit
+        os._exit(code)  # the pool's threads would otherwise be joined at exit
 
 
 def _watch(engine: Engine, swarm_id: str, args, label: str) -> dict[str, Any]:

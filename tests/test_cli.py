@@ -140,12 +140,13 @@ def _resume_completes_once(stub, store: str, sid: str) -> None:
     assert all(n["status"] == "done" for n in out["nodes"])
 
 
-def test_ctrl_c_lets_running_nodes_finish_starts_nothing_new_and_names_the_swarm(stub, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_lets_running_nodes_finish_starts_nothing_new_and_names_the_swarm(stub, tmp_path, sig, code):
     proc, sid = _fanned_out_run(stub, tmp_path, leaf_delay_s=2.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert json.loads(stdout) == {"error": f"interrupted; `swarm resume {sid}` finishes the swarm", "exit_code": 130, "swarm_id": sid}
+    assert proc.returncode == code, stderr
+    assert json.loads(stdout) == {"error": f"interrupted; `swarm resume {sid}` finishes the swarm", "exit_code": code, "swarm_id": sid}
     assert "waiting for 6 running node(s)" in stderr and "Traceback" not in stderr
     names = [req["response_format"]["json_schema"]["name"] for req in stub.requests]
     assert names.count("write_text") == 6 and "supervise" not in names  # the leaves' answers kept, no new node
