@@ -52,6 +52,11 @@ from .space import FunctionVersion, SpaceStore
 from .store import KeyNotFound, Store, StoreError, open_store
 
 log = logging.getLogger("swarm")
+# A child's first LLM call is counted in the swarm's counters when its parent spawns it, so
+# max_llm_calls holds across siblings that cannot see each other's usage until their parent
+# resumes. Its record starts with that call as `committed`: a child that makes none gives it
+# back through its report (usage - committed = -1) when the parent resumes.
+RESERVED = Usage(llm_calls=1)
 JOIN_GROUP = 32  # a wide parallel join reports in groups of this many: each child lists O(group + size/group) keys
 M = TypeVar("M", bound=BaseModel)
 MAX_GOAL_CHARS = 20_000
@@ -408,7 +413,6 @@ class Engine:
             settings=self.blueprint.llm,
             key_prefix=f"{bp.node_id}/{bp.round}",
         )
-        session.budget_check = lambda: self._check_llm_budget(header, session)
         try:
             previous = []
             if rec.join and rec.join.mode == "sequential" and rec.join.index > 0:
@@ -417,6 +421,10 @@ class Engine:
                     for r in self.read_join(swarm_id, rec.join.parent_id, rec.join.round)
                     if _order(r.node_id) < _order(bp.node_id)
                 ]
+            # Not yet in the counters: this node's own calls beyond its reservation, and what the
+            # earlier steps of a sequential plan used (committed when the parent resumes).
+            uncommitted = rec.usage - rec.committed + sum((r.usage for r in previous), Usage())
+            session.budget_check = lambda: self._check_llm_budget(header, uncommitted + session.usage)
             space = self.actions.load()
             ctx = NodeContext(
                 swarm=header,
@@ -441,11 +449,13 @@ class Engine:
             outcome = Fail(error=f"{bp.action} raised {type(exc).__name__}: {exc}")
         return outcome, session
 
-    def _check_llm_budget(self, header: SwarmHeader, session: LLMSession) -> None:
+    def _check_llm_budget(self, header: SwarmHeader, uncommitted: Usage) -> None:
+        """Before every LLM call: the swarm's counters (calls made or reserved, tokens used) plus
+        what this node knows is not in them yet."""
         counters, _ = self.counters(header.swarm_id)
         b = header.budgets
-        calls = counters.llm_calls + session.usage.llm_calls
-        tokens = counters.prompt_tokens + counters.completion_tokens + session.usage.tokens
+        calls = counters.llm_calls + uncommitted.llm_calls
+        tokens = counters.prompt_tokens + counters.completion_tokens + uncommitted.tokens
         if calls >= b.max_llm_calls:
             raise BudgetExceeded(f"budget max_llm_calls={b.max_llm_calls} reached")
         if tokens >= b.max_tokens:
@@ -476,15 +486,19 @@ class Engine:
             else:
                 n = len(outcome.children)
                 pending = rec.usage + session.usage - rec.committed
-                veto = self._bump(
-                    swarm_id,
-                    check=lambda c: f"budget max_nodes={b.max_nodes} exceeded: {c.nodes} nodes exist, "
-                    f"{n} more were asked for"
-                    if c.nodes + n > b.max_nodes
-                    else None,
-                    nodes=n,
-                    **_usage_delta(pending),
-                )
+                delta = _usage_delta(pending)
+                delta["llm_calls"] += n * RESERVED.llm_calls  # each child's first call, reserved now
+
+                def check(c: Counters) -> str | None:
+                    if c.nodes + n > b.max_nodes:
+                        return f"budget max_nodes={b.max_nodes} exceeded: {c.nodes} nodes exist, {n} more were asked for"
+                    if c.llm_calls + delta["llm_calls"] > b.max_llm_calls:
+                        made = c.llm_calls + pending.llm_calls
+                        return (f"budget max_llm_calls={b.max_llm_calls} exceeded: {made} calls made or reserved, "
+                                f"{n} more children would make at least one each")
+                    return None
+
+                veto = self._bump(swarm_id, check=check, nodes=n, **delta)
                 if veto:
                     outcome = Fail(error=veto)
                 else:
@@ -525,7 +539,7 @@ class Engine:
         records = []
         for i, child in enumerate(spawn.children):
             slot = JoinSlot(parent_id=rec.node_id, round=rec.blueprint.round, index=i, size=size, mode=spawn.mode)
-            child_rec = NodeRecord(blueprint=child, join=slot)
+            child_rec = NodeRecord(blueprint=child, join=slot, committed=RESERVED)
             if not self.state.create(self.node_key(swarm_id, child.node_id), dump(child_rec)) and recovering:
                 child_rec = self.node(swarm_id, child.node_id)[0]
             records.append(child_rec)

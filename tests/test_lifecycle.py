@@ -132,6 +132,37 @@ def test_budgets_fail_a_branch_and_the_swarm_still_ends(budgets, needle):
     assert not engine.dispatcher.errors
 
 
+def test_max_llm_calls_holds_across_siblings_that_cannot_see_each_other():
+    # 8 sequential steps each make one call: only one is ever in flight, and before reservations
+    # each step saw only the plan's call in the counters, so max_llm_calls=2 ended with 9 calls.
+    engine = make_engine(default_responder(subtasks=[f"s{i}" for i in range(8)], mode="sequential"), budgets={"max_llm_calls": 2})
+    sid = run_goal(engine)
+    st = engine.status(sid)
+    assert st["usage"]["llm_calls"] == 1 and st["status"] == "failed"
+    assert "budget max_llm_calls=2 exceeded: 1 calls made or reserved, 8 more children" in st["error"]
+    # room for the plan and the 8 steps, not for the supervisor: exactly the budget is spent
+    engine = make_engine(default_responder(subtasks=[f"s{i}" for i in range(8)], mode="sequential"), budgets={"max_llm_calls": 9})
+    sid = run_goal(engine)
+    st = engine.status(sid)
+    assert st["usage"]["llm_calls"] == 9 and "budget max_llm_calls=9 exceeded" in st["error"]
+    assert [n.status for n in engine.nodes(sid) if n.node_id.startswith("root.0.")] == ["done"] * 8
+
+
+def test_reserved_calls_are_reconciled_when_parents_resume():
+    engine = make_engine(default_responder(subtasks=("a", "b", "c")))
+    sid = run_goal(engine)
+    st = engine.status(sid)
+    assert st["status"] == "done" and st["usage"]["llm_calls"] == 5  # plan, 3 leaves, supervisor
+    assert engine.counters(sid)[0].llm_calls == 5  # every reservation was matched by the call it stood for
+    assert all(n.committed.llm_calls == 1 for n in engine.nodes(sid) if n.node_id != "root")
+    # children refused by max_tokens before any call give their reservation back
+    engine = make_engine(default_responder(subtasks=("a", "b", "c")), budgets={"max_tokens": 50})
+    sid = run_goal(engine)
+    leaves = [n for n in engine.nodes(sid) if n.node_id.startswith("root.0.")]
+    assert len(leaves) == 3 and all(n.usage.llm_calls == 0 and "max_tokens" in n.error for n in leaves)
+    assert engine.counters(sid)[0].llm_calls == engine.status(sid)["usage"]["llm_calls"] == 1
+
+
 def test_recursive_planner_is_bounded_by_depth_and_nodes():
     # A planner that always delegates to another manager must still end.
     engine = make_engine(default_responder(subtasks=("x", "y"), action="break_down_goal"), budgets={"max_depth": 3, "max_nodes": 40})
