@@ -73,6 +73,7 @@ class StubOpenAI:
     def __init__(self, responder: Callable[[dict], Reply] | None = None):
         self.responder = responder or (lambda req: Reply(content="ok"))
         self.requests: list[dict] = []
+        self.authorizations: list[str | None] = []  # each request's Authorization header, in order
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -83,9 +84,10 @@ class StubOpenAI:
         with self._lock:
             self._replies.extend(replies)
 
-    def _next(self, req: dict) -> Reply:
+    def _next(self, req: dict, authorization: str | None = None) -> Reply:
         with self._lock:
             self.requests.append(req)
+            self.authorizations.append(authorization)
             if self._replies:
                 return self._replies.popleft()
         return self.responder(req)
@@ -129,7 +131,7 @@ class StubOpenAI:
                 except json.JSONDecodeError as e:
                     return self._send(400, {"error": {"message": f"bad JSON: {e}",
                                                       "type": "invalid_request_error", "code": "400"}})
-                r = stub._next(req)
+                r = stub._next(req, self.headers.get("Authorization"))
                 if r.delay_s:
                     time.sleep(r.delay_s)
                 body = _completion(req, r) if r.status == 200 else _error(r)

@@ -8,6 +8,8 @@ from conftest import FANOUT, make_engine
 from scripted import default_responder
 from test_lifecycle import Recorder
 
+from swarm_core.engine import JOIN_GROUP
+
 
 def test_200_siblings_finish_at_once_and_parent_resumes_once(tmp_path):
     n = 200
@@ -51,15 +53,32 @@ def test_a_wide_join_reports_in_groups_and_recovers_a_lost_group_marker(tmp_path
     d = Recorder()
     engine = make_engine(default_responder(subtasks=[f"part {i}" for i in range(n)]), store=f"file://{tmp_path}", blueprint=FANOUT, dispatcher=d)
     sid, _ = engine.load_goal("Fan out wide")
-    engine.execute_node(*d.queue.pop())
+    root_delivery = d.queue.pop()
+    engine.execute_node(*root_delivery)
     children, d.queue = d.queue, []
+    listed: list[int] = []
+    real_list = engine.state.list
+    engine.state.list = lambda prefix: (keys := real_list(prefix), listed.append(len(keys)))[0]
+    most = 0
     for c in children:
+        listed.clear()
         engine.execute_node(*c)
+        most = max(most, sum(listed))
+    engine.state.list = real_list
+    groups = -(-n // JOIN_GROUP)
+    assert most <= JOIN_GROUP + groups  # not n: each child lists its group, the last ones the group markers
     assert [bp.node_id for _, bp in d.queue] == ["root"]
-    # a crash: the completer of group 1 died before writing its group marker and before the resume claim
-    engine.state.delete(f"swarms/{sid}/joins/root/0/groups/g1")
-    engine.state.delete(f"swarms/{sid}/joins/root/0/resumed")
-    d.queue = []
+
+    def crash():  # the completer of group 1 died before writing its group marker and the resume claim
+        engine.state.delete(f"swarms/{sid}/joins/root/0/groups/g1")
+        engine.state.delete(f"swarms/{sid}/joins/root/0/resumed")
+        d.queue = []
+
+    crash()
+    engine.execute_node(*root_delivery)  # a re-delivery of the spawn checks every group
+    assert engine.state.exists(f"swarms/{sid}/joins/root/0/groups/g1")
+    assert [(bp.node_id, bp.round) for _, bp in d.queue] == [("root", 1)]
+    crash()
     engine.resume(sid)
     assert engine.state.exists(f"swarms/{sid}/joins/root/0/groups/g1")
     assert {(bp.node_id, bp.round) for _, bp in d.queue} == {("root", 1)}  # at-least-once, as for a flat join

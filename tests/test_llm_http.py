@@ -154,3 +154,4 @@ def test_a_whole_swarm_over_http_records_usage_and_history(stub, monkeypatch):
     assert len(answers) == 4 and "root/0/0" in answers
     stored = b"".join(engine.state.read(k) for k in engine.state.list(f"swarms/{sid}/"))
     assert b"sk-test-secret-4242" not in stored  # the key reaches the server, never storage
+    assert stub.authorizations == ["Bearer sk-test-secret-4242"] * 4
