@@ -226,7 +226,8 @@ def _load_goal(method: str, body: bytes | None, headers: dict[str, str], fields:
     data = parse(method, body, headers)
     exact(data, {"goal"}, {"blueprint", "budgets"})
     goal = _string(data, "goal")
-    budgets = data.get("budgets") or {}
+    budgets = data.get("budgets")
+    budgets = {} if budgets is None else budgets  # not `or {}`: [] or 0 are wrong, not absent
     if not isinstance(budgets, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in budgets.values()):
         raise Rejected(400, "budgets must be an object of integers, e.g. {\"max_nodes\": 50}")
     eng = engine()

@@ -45,7 +45,9 @@ def test_fn_create_of_a_draft_exits_1(stub, tmp_path):
     assert [s["step"] for s in made["steps"]].count("sample") == 4  # fresh drafts before repairs
     shown = swarm("fn", "create", "nth prime", "--store", f"file://{tmp_path}", env={"OPENAI_BASE_URL": stub.base_url}, check=1)
     assert "    draft 4/4: 1/4 passed" in shown.stderr and "    repair 3/3" in shown.stderr, shown.stderr
-    assert swarm("fn", "test", "nth_prime", "--version", "1", "--store", f"file://{tmp_path}", check=1).stdout.count("✗") == 3
+    tested = swarm("fn", "test", "nth_prime", "--version", "1", "--store", f"file://{tmp_path}", check=1).stdout
+    assert tested.count("✗") == 3 and tested.strip().endswith("nth_prime v1: 1/4 passed"), tested
+    assert json.loads(swarm("fn", "test", "nth_prime", "--version", "1", "--store", f"file://{tmp_path}", "--json", check=1).stdout)["version"] == 1
 
 
 def test_fn_errors_exit_with_clear_codes(tmp_path):

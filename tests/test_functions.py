@@ -55,6 +55,9 @@ LOAD_GOAL_BAD = [
     ({"goal": "   "}, 400, "the goal is empty"),
     ({"goal": "x" * 20001}, 400, "the limit is 20000"),
     ({"goal": "x", "budgets": [1]}, 400, "budgets must be an object of integers"),
+    ({"goal": "x", "budgets": []}, 400, "budgets must be an object of integers"),
+    ({"goal": "x", "budgets": 0}, 400, "budgets must be an object of integers"),
+    ({"goal": "x", "budgets": False}, 400, "budgets must be an object of integers"),
     ({"goal": "x", "budgets": {"max_nodes": True}}, 400, "budgets must be an object of integers"),
     ({"goal": "x", "budgets": {"max_nodez": 5}}, 400, "invalid budgets: max_nodez"),
     ({"goal": "x", "budgets": {"max_nodes": 0}}, 400, "invalid budgets: max_nodes"),
@@ -219,5 +222,5 @@ def test_deliveries_are_retried_and_a_node_that_keeps_failing_fails_while_the_sw
     assert "delivery of root.0.1 (round 0) via http failed after 3 attempt(s): HTTP 503" in nodes["root.0.1"]["error"]
     assert flaky.seen["root.0.1@0"] == 3
     assert nodes["root.0.0"]["status"] == nodes["root.0.2"]["status"] == "done"
-    assert final["status"] in ("done", "failed") and final["finished_at"]  # the swarm ended all the same
+    assert final["status"] == "done" and final["finished_at"]  # the manager resumed and its supervisor judged
     assert all(count == 2 for key, count in flaky.seen.items() if not key.startswith("root.0.1@")), flaky.seen

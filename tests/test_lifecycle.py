@@ -40,7 +40,7 @@ def test_parallel_join_resumes_parent_once_with_every_report():
 
 
 def test_children_run_concurrently():
-    started, peak, lock = [], [0], threading.Lock()
+    peak, lock = [0], threading.Lock()
     active = [0]
 
     def responder(messages, schema_name, schema, key):

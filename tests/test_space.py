@@ -77,7 +77,7 @@ def test_versions_are_immutable_and_only_active_ones_run_by_default():
     v2 = space.new_version(py("inc", code_k=2)[0], code=ADD.format(k=2))
     draft = space.new_version(py("inc", code_k=3)[0].model_copy(update={"status": "draft"}), code=ADD.format(k=3))
     assert (v1.spec.version, v2.spec.version, draft.spec.version) == (1, 2, 3)
-    assert space.store.read(version_key("inc", 1)) == first  # never rewritten
+    assert space.store.read(version_key("inc", 1)) == first  # later versions leave v1's bytes alone
     card = space.load().get("inc")
     assert card.version == 2 and card.status == "active"  # a draft does not replace an active version
     assert space.version("inc", 3).spec.status == "draft" and space.versions("inc") == [1, 2, 3]
