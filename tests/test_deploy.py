@@ -82,6 +82,10 @@ def test_azure_dry_run_keeps_secrets_out_of_the_output():
     assert [s.rsplit("/", 2)[1:] for s in scopes] == [["containers", "swarm"], ["queues", "swarm-nodes"]]
     assert any("deployment source config-zip" in c and "--build-remote true" in c for c in cmds)
     assert "sk-very-secret" not in proc.stdout + proc.stderr and "tok-secret" not in proc.stdout + proc.stderr
+    # ... and still reach the app, by name, beside what it needs to find its store and queue
+    settings = next(c for c in cmds if "functionapp config appsettings set --name swarm-app-1" in c)
+    names = settings.split("--settings ")[1].removesuffix(" (values not shown)").split()
+    assert {"SWARM_STORE", "SWARM_DISPATCHER", "SWARM_AZURE_QUEUE", "OPENAI_API_KEY", "SWARM_API_TOKEN"} <= set(names)
 
 
 def test_gcp_entry_file_exposes_both_functions():

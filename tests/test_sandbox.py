@@ -202,6 +202,19 @@ def test_thread_bomb_hits_the_process_limit():
     result = run(code, limits=Limits(max_procs=8, wall_s=5))
     assert result.killed == "procs"
     assert "can't start new thread" in result.stderr
+    # it is RLIMIT_NPROC that stops them, not the address-space limit (which would allow ~50)
+    counting = (
+        "import threading, time\n"
+        "n = 0\n"
+        "try:\n"
+        "    while True:\n"
+        "        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "        n += 1\n"
+        "except RuntimeError:\n"
+        "    print(n)\n"
+    )
+    started = int(run(counting, limits=Limits(max_procs=8, wall_s=5)).stdout)
+    assert 0 < started < 8
 
 
 # --------------------------------------------------------------------------- isolation
@@ -267,6 +280,32 @@ def test_a_write_that_bypasses_the_audit_hook_is_cleaned_up():
 
 
 @as_root
+def test_the_leased_uids_leftovers_are_removed_and_nobody_elses():
+    uid = sandbox._UID_FIRST + sandbox._UID_COUNT - 1  # a leased uid no run here holds now
+    tag = uuid.uuid4().hex
+    mine, dir_of_mine, other = Path(f"/tmp/swarm-left-{tag}"), Path(f"/var/tmp/swarm-left-{tag}"), Path(f"/tmp/swarm-keep-{tag}")
+    mine.write_text("x")
+    dir_of_mine.mkdir()
+    (dir_of_mine / "inner").write_text("x")
+    other.write_text("y")
+    for path in (mine, dir_of_mine, dir_of_mine / "inner"):
+        os.chown(path, uid, uid)
+    try:
+        sandbox._remove_files_of(uid)
+        assert not mine.exists() and not dir_of_mine.exists() and other.read_text() == "y"
+    finally:
+        for path in (mine, other):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(dir_of_mine, ignore_errors=True)
+
+
+@with_namespaces
+def test_code_sees_a_private_tmp():
+    code = "print([l.split()[4] + ' ' + l.split(' - ')[1].split()[0] for l in open('/proc/self/mountinfo') if l.split()[4] == '/tmp'])\n"
+    assert run(code).stdout == "['/tmp tmpfs']\n"
+
+
+@as_root
 def test_code_runs_as_a_leased_unprivileged_uid():
     result = run("import os\nprint(os.getuid(), os.getgid(), os.getgroups())\n")
     uid, gid, groups = result.stdout.split(maxsplit=2)
@@ -315,6 +354,12 @@ def test_network_is_off_by_default_and_on_when_allowed():
         )
         assert run(code).stdout.startswith("refused")
         assert run(code, limits=Limits(network=True)).stdout == "connected\n"
+
+
+@with_namespaces
+def test_code_sees_no_network_interface_but_loopback():
+    # the audit hook refuses connect(), but ctypes steps around it: the empty namespace is the barrier
+    assert run("import socket\nprint(sorted(name for _, name in socket.if_nameindex()))\n").stdout == "['lo']\n"
 
 
 def test_importing_a_package_not_on_the_allow_list_names_it():
@@ -569,24 +614,10 @@ def test_run_tests_when_the_code_does_not_load():
 
 
 def test_run_tests_cases_are_isolated_from_each_other():
-    code = "seen = []\ndef f(xs):\n    xs.append(1)\n    seen.append(1)\n    return len(xs)\n"
-    cases = [TestCase(name=str(i), args={"xs": []}, expected=1, assertion="args['xs'] == []") for i in range(3)]
+    code = "seen = []\ndef f(xs):\n    xs.append(1)\n    seen.append(1)\n    return len(xs) + len(seen)\n"
+    cases = [TestCase(name=str(i), args={"xs": []}, expected=2) for i in range(3)]  # neither the args nor `seen` carry over
     report = run_tests(code, "f", cases)
     assert report.ok, [c.error for c in report.cases]
-
-
-def test_run_tests_of_ten_cases_is_fast():
-    cases = [TestCase(name=f"case {i}", args={"a": i, "b": 1}, expected=i) for i in range(10)]
-    run_tests(SOLUTION, "divide", cases)  # warm the page cache
-    timings = []
-    for _ in range(5):
-        started = time.perf_counter()
-        report = run_tests(SOLUTION, "divide", cases)
-        timings.append(time.perf_counter() - started)
-        assert report.ok
-    best, median = min(timings), sorted(timings)[2]
-    print(f"run_tests of 10 cases: best {best * 1000:.0f} ms, median {median * 1000:.0f} ms")
-    assert median < 1.0, timings
 
 
 def test_run_tests_case_that_hangs_in_c_code_or_exits_does_not_sink_the_others():

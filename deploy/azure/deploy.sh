@@ -84,7 +84,7 @@ settings=(
 if [ -n "${OPENAI_API_KEY:-}" ]; then settings+=("OPENAI_API_KEY=$OPENAI_API_KEY"); fi
 if [ -n "${AZURE_OPENAI_ENDPOINT:-}" ]; then settings+=("AZURE_OPENAI_ENDPOINT=$AZURE_OPENAI_ENDPOINT"); fi
 if [ -n "${SWARM_API_TOKEN:-}" ]; then settings+=("SWARM_API_TOKEN=$SWARM_API_TOKEN"); fi
-echo "+ az functionapp config appsettings set --name $APP_NAME --resource-group $RESOURCE_GROUP --settings (${#settings[@]} settings, values not shown)"
+echo "+ az functionapp config appsettings set --name $APP_NAME --resource-group $RESOURCE_GROUP --settings ${settings[*]%%=*} (values not shown)"
 if [ "$DRY_RUN" != 1 ]; then
   az functionapp config appsettings set --name "$APP_NAME" --resource-group "$RESOURCE_GROUP" --settings "${settings[@]}" --output none
 fi
