@@ -496,6 +496,8 @@ class Engine:
                         made = c.llm_calls + pending.llm_calls
                         return (f"budget max_llm_calls={b.max_llm_calls} exceeded: {made} calls made or reserved, "
                                 f"{n} more children would make at least one each")
+                    if (used := c.prompt_tokens + c.completion_tokens + pending.tokens) >= b.max_tokens:
+                        return f"budget max_tokens={b.max_tokens} reached ({used} used): no tokens left for {n} children"
                     return None
 
                 veto = self._bump(swarm_id, check=check, nodes=n, **delta)

@@ -148,6 +148,14 @@ def test_max_llm_calls_holds_across_siblings_that_cannot_see_each_other():
     assert [n.status for n in engine.nodes(sid) if n.node_id.startswith("root.0.")] == ["done"] * 8
 
 
+def test_a_spawn_is_refused_once_the_tokens_are_spent():
+    engine = make_engine(default_responder(subtasks=("a", "b", "c")), budgets={"max_tokens": 50})
+    sid = run_goal(engine)
+    st = engine.status(sid)
+    assert st["status"] == "failed" and st["nodes"] == 1  # no child created only to fail at its first call
+    assert "budget max_tokens=50 reached" in st["error"] and "no tokens left for 3 children" in st["error"]
+
+
 def test_reserved_calls_are_reconciled_when_parents_resume():
     engine = make_engine(default_responder(subtasks=("a", "b", "c")))
     sid = run_goal(engine)
@@ -155,12 +163,20 @@ def test_reserved_calls_are_reconciled_when_parents_resume():
     assert st["status"] == "done" and st["usage"]["llm_calls"] == 5  # plan, 3 leaves, supervisor
     assert engine.counters(sid)[0].llm_calls == 5  # every reservation was matched by the call it stood for
     assert all(n.committed.llm_calls == 1 for n in engine.nodes(sid) if n.node_id != "root")
-    # children refused by max_tokens before any call give their reservation back
-    engine = make_engine(default_responder(subtasks=("a", "b", "c")), budgets={"max_tokens": 50})
-    sid = run_goal(engine)
-    leaves = [n for n in engine.nodes(sid) if n.node_id.startswith("root.0.")]
-    assert len(leaves) == 3 and all(n.usage.llm_calls == 0 and "max_tokens" in n.error for n in leaves)
-    assert engine.counters(sid)[0].llm_calls == engine.status(sid)["usage"]["llm_calls"] == 1
+    # children that never make their call (their delivery was given up) give their reservation back
+    d = Recorder()
+    engine = make_engine(default_responder(subtasks=("a", "b", "c")), dispatcher=d)
+    sid, _ = engine.load_goal("Do a thing")
+    engine.execute_node(*d.queue.pop())
+    assert engine.counters(sid)[0].llm_calls == 4  # the plan, and 3 reserved
+    for _, bp in d.queue[:2]:
+        assert engine.fail_node(sid, bp, "delivery gave up")
+    d.queue = d.queue[2:]
+    while d.queue:
+        engine.execute_node(*d.queue.pop(0))
+    st = engine.status(sid)
+    assert st["status"] == "done" and st["usage"]["llm_calls"] == 3  # plan, one leaf, supervisor
+    assert engine.counters(sid)[0].llm_calls == 3
 
 
 def test_recursive_planner_is_bounded_by_depth_and_nodes():
