@@ -14,7 +14,7 @@ import uuid
 from abc import abstractmethod
 from typing import Any, ClassVar
 
-from swarm_core.store import KeyNotFound, Store, StoreError, check_key
+from swarm_core.store import KeyNotFound, Store, StoreError, check_key, check_prefix
 
 WRITER = "swarmwriter"  # metadata naming the call that wrote an object: a retried conditional put knows its own
 TRANSIENT = {408, 429, 500, 502, 503, 504}
@@ -158,7 +158,7 @@ class BucketStore(Store):
             raise self._fail("delete", key, exc) from exc
 
     def list(self, prefix: str) -> list[str]:
-        start = "/".join(p for p in (self.prefix, prefix.strip("/")) if p)
+        start = "/".join(p for p in (self.prefix, check_prefix(prefix)) if p)
         start = start + "/" if start else ""
         try:
             names = list(self._names(start))

@@ -23,7 +23,7 @@ from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from swarm_core.store import KeyNotFound, Store, StoreError, check_key
+from swarm_core.store import KeyNotFound, Store, StoreError, check_key, check_prefix
 
 CHUNK = 1_000_000  # bytes per document, under the 1 MiB document limit with room for the name
 CHUNKS_PER_COMMIT = 3  # a commit stays under 4 MiB: the emulator's gRPC cap (Firestore's is 10 MiB)
@@ -204,10 +204,10 @@ class FirestoreStore(Store):
         return False
 
     def list(self, prefix: str) -> list[str]:
-        folder = prefix.strip("/")
+        folder = check_prefix(prefix)
         query = self.col
         if folder:
-            low = _doc_id(check_key(folder)) + "|"
+            low = _doc_id(folder) + "|"
             high = low[:-1] + "}"  # '}' follows '|': every id starting with `low` sorts below it
             query = query.where(filter=FieldFilter("__name__", ">=", self.col.document(low))) \
                          .where(filter=FieldFilter("__name__", "<", self.col.document(high)))

@@ -24,7 +24,7 @@ import threading
 
 import fsspec
 
-from swarm_core.store import KeyNotFound, Store, StoreError, check_key
+from swarm_core.store import KeyNotFound, Store, StoreError, check_key, check_prefix
 
 
 LOCKS = "~locks"  # "~" is not allowed in keys (store.check_key): never listed, never a key
@@ -136,7 +136,7 @@ class FileStore(Store):
         return data, _version(data)
 
     def list(self, prefix: str) -> list[str]:
-        rel = prefix.strip("/")
+        rel = check_prefix(prefix)
         keys: list[str] = []
         self._scan(os.path.join(self.root, rel) if rel else self.root, f"{rel}/" if rel else "", keys)
         return sorted(keys)

@@ -26,7 +26,7 @@ import threading
 import fsspec
 from fsspec.implementations.memory import MemoryFile
 
-from swarm_core.store import KeyNotFound, Store, check_key
+from swarm_core.store import KeyNotFound, Store, check_key, check_prefix
 
 STRIPES = 64
 # Per store name, shared by every MemoryStore of that name. Filled with dict.setdefault, which is
@@ -102,9 +102,7 @@ class MemoryStore(Store):
             return True
 
     def list(self, prefix: str) -> list[str]:
-        top = prefix.rstrip("/")
-        if top:
-            check_key(top)
+        top = check_prefix(prefix)
         keys = []
         for folder, names in list(self._folders.items()):  # list(): a snapshot, taken atomically
             if not top or folder == top or folder.startswith(top + "/"):

@@ -35,6 +35,15 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_prefix(prefix: str) -> str:
+    """The folder a `list` prefix names: `a/b/` and `a/b` name `a/b`, `` names the whole store.
+    Rejected like a key otherwise (`../` must not list what lies beside the store's root)."""
+    folder = prefix[:-1] if prefix.endswith("/") else prefix
+    if folder and not _KEY.fullmatch(folder):
+        raise StoreError(f"invalid storage prefix {prefix!r}")
+    return folder
+
+
 class Store(ABC):
     """One small interface for every backend.
 
@@ -63,7 +72,9 @@ class Store(ABC):
 
     @abstractmethod
     def version(self, key: str) -> str:
-        """An opaque token that changes on every write; raise KeyNotFound if absent."""
+        """An opaque token that changes whenever the object's bytes change; raise KeyNotFound if
+        absent. Rewriting identical bytes may keep it (file and S3 hash the content), so a caller
+        must not count on a rewrite alone to spoil a version: the engine's records carry a time."""
 
     @abstractmethod
     def list(self, prefix: str) -> list[str]:

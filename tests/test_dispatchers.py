@@ -85,9 +85,33 @@ def test_cloud_tasks_runs_a_swarm_with_the_token_in_each_task(stub, tmp_path):
     assert len(ok) == 6 and all(x["delivery_attempt"] == 1 for x in ok)  # X-CloudTasks-TaskRetryCount 0, token accepted
 
 
-def test_task_names_are_derived_from_swarm_node_and_round():
+def test_task_names_are_derived_from_swarm_node_and_round(tmp_path, monkeypatch):
     bp = NodeBlueprint(node_id="root.0.12", parent_id="root", action="write_text", round=3)
-    assert CloudTasksDispatcher.task_id("sw_" + "a" * 26, bp) == "sw_" + "a" * 26 + "-root_0_12-r3"
+    sid = "sw_" + "a" * 26
+    assert CloudTasksDispatcher.task_id(sid, bp) == sid + "-root_0_12-r3"
+    # the name reaches the queue with the task (the emulator lists it)
+    binary = TOOLS / "tasks-emulator" / "bin" / "gcloud-tasks-emulator"
+    if not binary.exists():
+        pytest.fail(f"gcloud-tasks-emulator is not installed at {binary}: {HINT}")
+    port = free_port()
+    queue = f"projects/{PROJECT}/locations/here/queues/names"
+    cmd = [str(binary), "start", "--port", str(port), "--default-queue", queue, "--max-retries", "5", "--quiet"]
+    with emulator(cmd, port, tmp_path / "tasks.log"):
+        monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", f"127.0.0.1:{port}")
+        d = CloudTasksDispatcher("http://127.0.0.1:9/", queue=queue)  # nothing listens: the task stays queued
+        d.send(sid, bp)
+        assert [t.name for t in d.client().list_tasks(parent=queue)] == [f"{queue}/tasks/{sid}-root_0_12-r3"]
+    # A second delivery of the same node and round is refused by Cloud Tasks with ALREADY_EXISTS
+    # (the emulator accepts duplicates, so the queue's answer is played here): that counts as delivered.
+    from google.api_core import exceptions as gexc
+
+    class Refusing:
+        def create_task(self, **_):
+            raise gexc.AlreadyExists(f"{queue}/tasks/{sid}-root_0_12-r3")
+
+    d._client = Refusing()
+    d.send(sid, bp)  # no error, no retry
+    assert not d.errors
 
 
 @pytest.mark.parametrize(

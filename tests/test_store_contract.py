@@ -118,6 +118,15 @@ def test_invalid_keys_are_rejected(store):
     assert store.list("") == ["ok"]
 
 
+def test_list_refuses_prefixes_that_leave_the_store(store):
+    store.write("a/k", b"1")
+    for bad in ("../", "..", "a/../../", "/abs/", "a//", "./"):
+        with pytest.raises(StoreError) as err:
+            store.list(bad)
+        assert "invalid storage prefix" in str(err.value), bad
+    assert store.list("a/") == store.list("a") == ["a/k"] and store.list("") == ["a/k"]
+
+
 def test_versions_change_on_write_and_guard_swap(store):
     store.write("v", b"one")
     first = store.version("v")
@@ -177,7 +186,13 @@ def test_compare_and_swap_counter_raced_by_4_threads(store_uri, store):
                     break
         return tries
 
-    attempts = _race(threads, increment)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # so threads interleave inside a store call, not only at network waits
+    try:
+        attempts = _race(threads, increment)
+    finally:
+        sys.setswitchinterval(switch)
+    assert sum(attempts) > threads * per_thread, "no swap was ever lost: the race proved nothing"
     assert int(store.read("counter")) == threads * per_thread, attempts
 
 
@@ -190,21 +205,26 @@ def test_listing_thousands_of_keys(store):
     assert len(store.list("")) == len(keys) + len(others)
 
 
-def _lose_first_answer(store, monkeypatch):
-    """Make the next conditional write land but lose its answer, the way a dropped connection does (once)."""
+def _lose_first_answer(store, monkeypatch, before=None):
+    """Make the next conditional write fail the way a dropped connection does (once): it lands
+    and its answer is lost; or, given `before`, another writer's call runs first and ours never
+    lands, so the SDK's retry meets the other writer's object."""
     lost = []
 
     def once(real, make_error):
         def call(*args, **kwargs):
-            result = real(*args, **kwargs)
             if lost:
-                return result
+                return real(*args, **kwargs)
             lost.append(True)
+            if before:
+                before()
+            else:
+                real(*args, **kwargs)
             raise make_error(args, kwargs)
         return call
 
     scheme = store.uri.partition("://")[0]
-    if scheme == "s3":  # botocore retried after the lost answer and met its own put: 412 after a retry
+    if scheme == "s3":  # botocore retried after the lost answer and met a put: 412 after a retry
         from botocore.exceptions import ClientError
         real = store.client.put_object
 
@@ -212,7 +232,7 @@ def _lose_first_answer(store, monkeypatch):
             if lost:
                 return real(**kw)
             lost.append(True)
-            real(**kw)
+            before() if before else real(**kw)
             try:
                 return real(**kw)
             except ClientError as exc:
@@ -244,6 +264,18 @@ def test_a_retried_create_that_had_landed_still_wins(store_uri, store, monkeypat
     assert lost, "the fault was not injected"
     assert store.create("joins/p/0/resumed", b"theirs") is False
     assert store.read("joins/p/0/resumed") == b"mine"
+
+
+@pytest.mark.parametrize("store_uri", ["s3", "gcs", "azure", "firestore"], indirect=True)
+def test_a_retried_create_that_never_landed_loses_to_the_writer_that_did(store_uri, store, monkeypatch):
+    # The retry meets an object as it would after its own lost answer: only the writer token
+    # tells the two apart. Taking it for ours would let a parent resume twice.
+    store.write("warm", b"")
+    other = open_store(store_uri)
+    lost = _lose_first_answer(store, monkeypatch, before=lambda: other.create("joins/p/0/resumed", b"theirs"))
+    assert store.create("joins/p/0/resumed", b"mine") is False
+    assert lost, "the fault was not injected"
+    assert store.read("joins/p/0/resumed") == b"theirs"
 
 
 def _refusal(scheme: str) -> Exception:
