@@ -265,12 +265,17 @@ class Engine:
         )
         if not self.state.swap(self.node_key(swarm_id, bp.node_id), dump(claimed), version):
             return "running"  # another delivery claimed it first
-        reports = None
-        if resuming and was == "waiting_children":
-            reports = self.read_join(swarm_id, bp.node_id, current)
-            self._bump(swarm_id, **_usage_delta(sum((r.usage for r in reports), Usage())))
-        outcome, session = self._run(header, claimed, reports)
-        rec = self._settle(header, claimed, outcome, session)
+        try:
+            reports = None
+            if resuming and was == "waiting_children":
+                reports = self.read_join(swarm_id, bp.node_id, current)
+                self._bump(swarm_id, **_usage_delta(sum((r.usage for r in reports), Usage())))
+            outcome, session = self._run(header, claimed, reports)
+            settled = self._settle(header, claimed, outcome, session)
+        except Exception:
+            self._unclaim(swarm_id, rec, claimed)
+            raise
+        rec = settled
         if log.isEnabledFor(logging.INFO):  # the JSON line costs a few percent of a node's CPU
             log.info(
                 json.dumps(
@@ -288,6 +293,19 @@ class Engine:
             )
         return rec.status
 
+    def _unclaim(self, swarm_id: str, before: NodeRecord, claimed: NodeRecord) -> None:
+        """A delivery failed after claiming its node and before settling it (a store error, say):
+        hand the record back as it was, so the queue's redelivery can claim it again rather than
+        find it `running` under a live lease and count itself delivered. Best effort: if the store
+        still fails, the claim stands until its lease runs out or `swarm resume` takes it over."""
+        try:
+            now_rec, version = self.node(swarm_id, claimed.node_id)
+            if (now_rec.status, now_rec.attempt, now_rec.blueprint.round) != ("running", claimed.attempt, claimed.blueprint.round):
+                return  # settled before the failure (its re-delivery finishes the job), or claimed again
+            self.state.swap(self.node_key(swarm_id, claimed.node_id), dump(before), version)
+        except Exception:
+            log.warning("could not hand back the claim on %s/%s", swarm_id, claimed.node_id, exc_info=True)
+
     def answer(self, swarm_id: str, node_id: str, text: str) -> None:
         """Deliver the user's answer to a node waiting for it; the node then runs again."""
         if not isinstance(text, str) or not text.strip():
@@ -296,6 +314,8 @@ class Engine:
         rec, version = self.node(swarm_id, node_id)
         if rec.status != "waiting_user":
             raise NotWaiting(f"node {node_id} is {rec.status}, not waiting for an answer")
+        if rec.answer is not None:  # answered; its branch has not picked the answer up yet
+            raise NotWaiting(f"node {node_id} was already answered")
         updated = rec.model_copy(update={"answer": text.strip(), "updated_at": now()})
         if not self.state.swap(self.node_key(swarm_id, node_id), dump(updated), version):
             raise NotWaiting(f"node {node_id} changed while answering; try again")

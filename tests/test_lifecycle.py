@@ -13,6 +13,7 @@ from scripted import default_responder, task_of
 from swarm_core.engine import CorruptRecord, NotWaiting, SwarmError
 from swarm_core.llm import RecordedTransport
 from swarm_core.models import InvalidId, NodeBlueprint
+from swarm_core.store import StoreError
 
 
 def kinds(engine, swarm_id, kind):
@@ -421,6 +422,37 @@ def test_a_question_in_a_sequential_step_makes_the_swarm_wait_for_the_user():
     st = engine.status(sid)
     assert st["by_status"] == {"waiting_children": 1, "waiting_user": 1, "pending": 1}
     assert st["status"] == "waiting_user"  # step two waits behind step one: nothing else can run
+    # until the branch picks its answer up, a second answer is refused rather than replacing it
+    engine.dispatcher = Recorder()
+    engine.dispatcher.bind(engine)
+    engine.answer(sid, "root.0.0", "blue")
+    with pytest.raises(NotWaiting, match="already answered"):
+        engine.answer(sid, "root.0.0", "red")
+    assert engine.node(sid, "root.0.0")[0].answer == "blue"
+    assert [e.data["answer"] for e in engine.events(sid) if e.kind == "answered"] == ["blue"]
+
+
+def test_a_delivery_that_fails_after_its_claim_hands_the_node_back():
+    # A queue redelivers on a 5xx: the redelivery must find the node claimable, not `running`
+    # under the failed delivery's lease (it would answer 200 and the queue would stop).
+    d = Recorder()
+    engine = make_engine(dispatcher=d)
+    sid, _ = engine.load_goal("Do a thing")
+    delivery = d.queue.pop()
+    real, failed = engine.history.create, []
+
+    def create(key, data):
+        if "-outcome" in key and not failed:
+            failed.append(key)
+            raise StoreError("history store unavailable")
+        return real(key, data)
+
+    engine.history.create = create
+    with pytest.raises(StoreError):
+        engine.execute_node(*delivery)
+    rec = engine.node(sid, "root")[0]
+    assert failed and (rec.status, rec.attempt, rec.lease_until) == ("pending", 0, None)
+    assert engine.execute_node(*delivery) == "waiting_children"  # the redelivery runs it
 
 
 def test_a_stopped_local_dispatcher_drops_queued_nodes_and_ignores_new_ones():
