@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -151,12 +152,21 @@ def _guard(call: Callable[[], Reply]) -> Reply:
     except ValidationError as exc:
         return Reply(400, {"error": "bad_request", "detail": _first_error(exc)})
     except SwarmError as exc:
+        if exc.code >= 500:  # a corrupted record: its message names the store
+            return _internal(exc)
         return Reply(exc.code, {"error": ERRORS.get(exc.code, "error"), "detail": str(exc)})
     except ConfigError as exc:
         return Reply(500, {"error": "misconfigured", "detail": str(exc)})
     except Exception as exc:  # storage trouble or a bug: a queue redelivers on 5xx
-        logging.getLogger("swarm").exception("invocation failed")
-        return Reply(500, {"error": "internal", "detail": f"{type(exc).__name__}: {exc}"[:500]})
+        return _internal(exc)
+
+
+def _internal(exc: Exception) -> Reply:
+    """A 500 says what happened only in the logs: messages name stores, buckets and paths, which
+    are the deployment's business, not the caller's. The incident id joins the two."""
+    incident = uuid.uuid4().hex[:12]
+    logging.getLogger("swarm").error("invocation failed, incident %s: %s: %s", incident, type(exc).__name__, exc, exc_info=exc)
+    return Reply(500, {"error": ERRORS.get(500, "internal"), "detail": f"internal error, incident {incident}: see the function's logs"})
 
 
 def _first_error(exc: ValidationError) -> str:

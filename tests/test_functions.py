@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -118,6 +119,24 @@ def test_execute_node_refuses_bad_input_and_writes_nothing(deployed):
     assert len(stub.requests) == calls
 
 
+def test_a_500_names_an_incident_not_the_store(deployed):
+    fns, store_dir, _, _ = deployed
+    broken = "sw_" + "1" * 26
+    header = store_dir / "swarms" / broken / "swarm.json"
+    header.parent.mkdir(parents=True)
+    header.write_text("{}")  # a corrupted record: its error names the key and the store
+    try:
+        status, reply = post(fns.execute_node, {"swarm_id": broken, "node_id": "root", "answer": "x"}, AUTH)
+        assert status == 500 and reply["error"] == "internal", reply
+        assert str(store_dir) not in reply["detail"] and "swarm.json" not in reply["detail"]
+        incident = reply["detail"].split("incident ")[1].split(":")[0]
+        logs = "".join(p.read_text() for p in fns.tmp.glob("*.log"))
+        line = next(x for x in logs.splitlines() if f"incident {incident}" in x)
+        assert f"swarms/{broken}/swarm.json" in line and "corrupted record" in line  # the whole story, in the logs
+    finally:
+        shutil.rmtree(header.parent)
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"}])
 def test_both_entrypoints_want_the_bearer_token(deployed, headers):
     fns, store_dir, sid, _ = deployed
@@ -154,7 +173,7 @@ def test_one_json_log_line_per_invocation_and_no_secret(deployed):
         assert {"severity", "message", "swarm_id", "node_id", "action", "status", "duration_ms", "tokens", "llm_calls"} <= set(x)
     assert sum(x["tokens"] for x in runs) == 4 * 120
     refused = [x for x in lines if x["http_status"] >= 400]
-    assert refused and all(x["severity"] == "WARNING" and x["error"] for x in refused)
+    assert refused and all(x["severity"] == ("ERROR" if x["http_status"] >= 500 else "WARNING") and x["error"] for x in refused)
 
 
 def test_importing_the_functions_pulls_in_no_cloud_sdk():
