@@ -184,9 +184,12 @@ def _lower(headers: Mapping[str, str] | None) -> dict[str, str]:
 
 def authenticate(headers: dict[str, str]) -> None:
     """Bearer `SWARM_API_TOKEN` when it is set; without it the platform's IAM fronts the function."""
-    token = os.environ.get("SWARM_API_TOKEN")
-    if not token:
+    raw = os.environ.get("SWARM_API_TOKEN")
+    if not raw:
         return
+    token = raw.strip()  # a secret mounted from a file often ends in a newline
+    if not token:  # fail closed: a blank token must not open the functions
+        raise ConfigError("SWARM_API_TOKEN is set but blank: set a token, or unset it when IAM fronts the functions")
     scheme, _, given = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise Rejected(401, "missing or wrong bearer token (Authorization: Bearer $SWARM_API_TOKEN)")

@@ -68,12 +68,16 @@ def _wait_port(host: str, port: int, proc: subprocess.Popen, deadline: float) ->
     return False
 
 
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"  # an IPv6 address needs brackets
+
+
 def function_env(host: str, port: int, *, store: str, blueprint: str | None = None, threads: int = 64, env: dict | None = None) -> dict:
     """The environment both functions run with: the http dispatcher pointing at PORT+1."""
     base = dict(os.environ if env is None else env)
     base.update(
         SWARM_DISPATCHER="http",
-        SWARM_EXECUTE_NODE_URL=f"http://{host}:{port + 1}/",
+        SWARM_EXECUTE_NODE_URL=_url(host, port + 1),
         SWARM_STORE=store,
         THREADS=str(threads),
         PYTHONUNBUFFERED="1",
@@ -98,7 +102,7 @@ def wait_ready(host: str, port: int, proc: subprocess.Popen, timeout_s: float = 
 
 def start(host: str, port: int, env: dict, **popen) -> tuple[list[subprocess.Popen], dict[str, str]]:
     """Start both functions (load_goal on PORT, execute_node on PORT+1); returns processes and URLs."""
-    urls = {t: f"http://{host}:{port + i}/" for i, t in enumerate(TARGETS)}
+    urls = {t: _url(host, port + i) for i, t in enumerate(TARGETS)}
     procs = [spawn(t, host, port + i, env, **popen) for i, t in enumerate(TARGETS)]
     try:
         for i, proc in enumerate(procs):

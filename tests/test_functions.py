@@ -176,6 +176,27 @@ def test_one_json_log_line_per_invocation_and_no_secret(deployed):
     assert refused and all(x["severity"] == ("ERROR" if x["http_status"] >= 500 else "WARNING") and x["error"] for x in refused)
 
 
+def test_the_configured_token_is_read_without_its_trailing_newline(monkeypatch):
+    from functions.handlers import Rejected, authenticate
+    from swarm_core.config import ConfigError
+
+    monkeypatch.setenv("SWARM_API_TOKEN", TOKEN + "\n")  # as a secret mounted from a file often is
+    authenticate({"authorization": f"Bearer {TOKEN}"})
+    with pytest.raises(Rejected):
+        authenticate({"authorization": "Bearer " + TOKEN[:-1]})
+    monkeypatch.setenv("SWARM_API_TOKEN", " \n")  # blank: a mistake, and it must not open the functions
+    with pytest.raises(ConfigError, match="set but blank"):
+        authenticate({"authorization": "Bearer  "})
+
+
+def test_serve_on_an_ipv6_host_gives_the_dispatcher_a_url_it_accepts():
+    from swarm_core.dispatchers import HttpDispatcher
+    from swarm_core.serve import function_env
+
+    url = function_env("::1", 8080, store="memory://x", env={})["SWARM_EXECUTE_NODE_URL"]
+    assert url == "http://[::1]:8081/" and HttpDispatcher(url).url == url
+
+
 def test_importing_the_functions_pulls_in_no_cloud_sdk():
     probe = (
         "import sys, functions.main\n"
