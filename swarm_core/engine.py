@@ -10,6 +10,7 @@ process. Idempotency comes from three conditional writes:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -254,9 +255,13 @@ class Engine:
             else:
                 return rec.status  # a duplicate or stale delivery: nothing to do
         was = rec.status
+        if was == "running" and bp.round > 0:  # taking over a resumed round: resume as the dead claimer did
+            was = "waiting_user" if isinstance(rec.outcome, AskUser) else "waiting_children"
+            resuming = True
         claimed = rec.model_copy(
             update={
                 "blueprint": rec.blueprint.model_copy(update={"round": bp.round}),
+                "memo": copy.deepcopy(rec.memo),  # the action edits it: `rec` must stay as it was claimed from
                 "status": "running",
                 "attempt": rec.attempt + 1,
                 "lease_until": time.time() + self.blueprint.dispatcher.lease_seconds,
@@ -268,7 +273,7 @@ class Engine:
         try:
             reports = None
             if resuming and was == "waiting_children":
-                reports = self.read_join(swarm_id, bp.node_id, current)
+                reports = self.read_join(swarm_id, bp.node_id, bp.round - 1)
                 self._bump(swarm_id, **_usage_delta(sum((r.usage for r in reports), Usage())))
             outcome, session = self._run(header, claimed, reports)
             settled = self._settle(header, claimed, outcome, session)
@@ -378,6 +383,9 @@ class Engine:
             elif rec.status == "waiting_children":
                 self._fan_out(header, rec, recovering=True)
                 sent += 1
+            elif rec.status == "waiting_user" and rec.answer is not None:  # answered; its delivery was lost
+                self.dispatcher.dispatch(swarm_id, rec.blueprint.model_copy(update={"round": rec.blueprint.round + 1}))
+                sent += 1
             elif rec.status in TERMINAL:
                 self._terminate(header, rec, recovering=True)
         return sent
@@ -417,13 +425,16 @@ class Engine:
         """Write, test and save a function (see factory.create_function)."""
         return self.functions().create(description, progress)
 
-    def recorded_answers(self, swarm_id: str) -> dict[str, str]:
-        """Every LLM answer a swarm received, keyed `<node>/<round>/<seq>`: enough to replay it."""
+    def recorded_answers(self, swarm_id: str) -> dict[str, dict[str, Any]]:
+        """Every LLM answer a swarm received, with its token counts, keyed `<node>/<round>/<seq>`:
+        enough to replay it, budgets included."""
         answers = {}
         for event in self.events(swarm_id):
             for call in event.llm_calls:
                 if call.response is not None:
-                    answers[f"{event.node_id}/{event.round}/{call.seq}"] = call.response
+                    answers[f"{event.node_id}/{event.round}/{call.seq}"] = {
+                        "text": call.response, "prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
+                    }
         return answers
 
     def _run(self, header: SwarmHeader, rec: NodeRecord, child_reports: list[ChildReport] | None):

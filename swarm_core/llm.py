@@ -413,16 +413,21 @@ def _is_strict(schema: dict) -> bool:
 
 
 class RecordedTransport:
-    """Answers from a recording: `{"<node_id>/<round>/<seq>": "<answer text>"}`. No network."""
+    """Answers from a recording: `{"<node_id>/<round>/<seq>": answer}`. No network. An answer is
+    its text, or `{"text", "prompt_tokens", "completion_tokens"}` when the recording kept the
+    usage (a swarm's own history does): a replay then meets the same token budget checks."""
 
-    def __init__(self, answers: dict[str, str], source: str):
+    def __init__(self, answers: dict[str, Any], source: str):
         self.answers = answers
         self.source = source
 
     def complete(self, messages, schema_name, schema, key, **_) -> Completion:
         if key not in self.answers:
             raise LLMError(f"the recording {self.source} has no answer for call {key} ({schema_name})")
-        return Completion(self.answers[key], prompt_tokens=0, completion_tokens=0)
+        answer = self.answers[key]
+        if isinstance(answer, dict):
+            return Completion(answer["text"], prompt_tokens=answer.get("prompt_tokens", 0), completion_tokens=answer.get("completion_tokens", 0))
+        return Completion(answer, prompt_tokens=0, completion_tokens=0)
 
 
 class FunctionTransport:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -330,6 +331,14 @@ def test_replay_from_history_gives_the_same_tree_without_the_model():
     rid = run_goal(replay, engine.header(sid).goal)
     shape = lambda e, s: [(n.node_id, n.blueprint.action, n.status, n.report) for n in e.nodes(s)]  # noqa: E731
     assert shape(replay, rid) == shape(engine, sid)
+    assert replay.status(rid)["usage"]["prompt_tokens"] == engine.status(sid)["usage"]["prompt_tokens"] > 0
+    # a swarm stopped by its token budget replays to the same stop: the recording keeps the usage
+    engine = make_engine(default_responder(subtasks=("a", "b", "c")), budgets={"max_tokens": 50})
+    sid = run_goal(engine)
+    replay = make_engine(lambda *a: pytest.fail("replay must not call the model"), store=engine.state.uri, budgets={"max_tokens": 50})
+    replay._transport = RecordedTransport(engine.recorded_answers(sid), "test")
+    rid = run_goal(replay, engine.header(sid).goal)
+    assert shape(replay, rid) == shape(engine, sid) and replay.status(rid)["error"] == engine.status(sid)["error"]
 
 
 def test_bad_input_is_refused_and_nothing_is_overwritten():
@@ -453,6 +462,71 @@ def test_a_delivery_that_fails_after_its_claim_hands_the_node_back():
     rec = engine.node(sid, "root")[0]
     assert failed and (rec.status, rec.attempt, rec.lease_until) == ("pending", 0, None)
     assert engine.execute_node(*delivery) == "waiting_children"  # the redelivery runs it
+
+
+def _to_root_resume(engine, d):
+    """Deliver by hand until the root's round-1 delivery (its resume after the workers) is next."""
+    sid, _ = engine.load_goal("Do a thing")
+    while d.queue[0][1].node_id != "root" or d.queue[0][1].round != 1:
+        engine.execute_node(*d.queue.pop(0))
+    return sid, d.queue.pop(0)
+
+
+def test_a_handed_back_claim_keeps_the_memo_it_was_claimed_with():
+    d = Recorder()
+    engine = make_engine(dispatcher=d)
+    sid, delivery = _to_root_resume(engine, d)
+    real, failed = engine.history.create, []
+
+    def create(key, data):
+        if "-root-1-outcome" in key and not failed:
+            failed.append(key)
+            raise StoreError("history store unavailable")
+        return real(key, data)
+
+    engine.history.create = create
+    with pytest.raises(StoreError):
+        engine.execute_node(*delivery)
+    engine.execute_node(*delivery)  # the queue's redelivery: the manager still owes its supervisor
+    assert [(bp.node_id, bp.action) for _, bp in d.queue] == [("root.1.0", "supervise")]
+
+
+def test_taking_over_a_resumed_round_after_the_lease_ran_out_reads_the_children():
+    class Died(BaseException):
+        pass
+
+    d = Recorder()
+    engine = make_engine(dispatcher=d)
+    engine.blueprint.dispatcher.lease_seconds = 0.05
+    sid, delivery = _to_root_resume(engine, d)
+    real_run = engine._run
+    engine._run = lambda *a: (_ for _ in ()).throw(Died())  # the worker dies mid-run, leaving its claim
+    with pytest.raises(Died):
+        engine.execute_node(*delivery)
+    engine._run = real_run
+    assert engine.node(sid, "root")[0].status == "running"
+    time.sleep(0.1)
+    engine.execute_node(*delivery)  # a redelivery after the lease: takes over, with the workers' reports
+    assert [(bp.node_id, bp.action) for _, bp in d.queue] == [("root.1.0", "supervise")]
+
+
+def test_resume_delivers_an_answer_whose_delivery_was_lost():
+    def responder(messages, schema_name, schema, key):
+        if key.startswith("root.0.1/0/"):
+            return {"report": "", "question": "Which colour?"}
+        return default_responder()(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    engine.dispatcher = Recorder()  # the answer's delivery goes nowhere
+    engine.dispatcher.bind(engine)
+    engine.answer(sid, "root.0.1", "blue")
+    engine.dispatcher.queue.clear()
+    engine.resume(sid)
+    assert [(bp.node_id, bp.round) for _, bp in engine.dispatcher.queue] == [("root.0.1", 1)]
+    while engine.dispatcher.queue:
+        engine.execute_node(*engine.dispatcher.queue.pop(0))
+    assert engine.status(sid)["status"] == "done"
 
 
 def test_a_stopped_local_dispatcher_drops_queued_nodes_and_ignores_new_ones():
