@@ -441,17 +441,13 @@ def test_a_question_in_a_sequential_step_makes_the_swarm_wait_for_the_user():
     assert [e.data["answer"] for e in engine.events(sid) if e.kind == "answered"] == ["blue"]
 
 
-def test_a_delivery_that_fails_after_its_claim_hands_the_node_back():
-    # A queue redelivers on a 5xx: the redelivery must find the node claimable, not `running`
-    # under the failed delivery's lease (it would answer 200 and the queue would stop).
-    d = Recorder()
-    engine = make_engine(dispatcher=d)
-    sid, _ = engine.load_goal("Do a thing")
-    delivery = d.queue.pop()
+def _fail_once_settling(engine, delivery):
+    """Deliver once while the history store refuses the node's outcome event (after its claim)."""
     real, failed = engine.history.create, []
+    bp = delivery[1]
 
     def create(key, data):
-        if "-outcome" in key and not failed:
+        if f"-{bp.node_id}-{bp.round}-outcome" in key and not failed:
             failed.append(key)
             raise StoreError("history store unavailable")
         return real(key, data)
@@ -459,8 +455,19 @@ def test_a_delivery_that_fails_after_its_claim_hands_the_node_back():
     engine.history.create = create
     with pytest.raises(StoreError):
         engine.execute_node(*delivery)
+    assert failed, "the fault was not injected"
+
+
+def test_a_delivery_that_fails_after_its_claim_hands_the_node_back():
+    # A queue redelivers on a 5xx: the redelivery must find the node claimable, not `running`
+    # under the failed delivery's lease (it would answer 200 and the queue would stop).
+    d = Recorder()
+    engine = make_engine(dispatcher=d)
+    sid, _ = engine.load_goal("Do a thing")
+    delivery = d.queue.pop()
+    _fail_once_settling(engine, delivery)
     rec = engine.node(sid, "root")[0]
-    assert failed and (rec.status, rec.attempt, rec.lease_until) == ("pending", 0, None)
+    assert (rec.status, rec.attempt, rec.lease_until) == ("pending", 0, None)
     assert engine.execute_node(*delivery) == "waiting_children"  # the redelivery runs it
 
 
@@ -476,17 +483,7 @@ def test_a_handed_back_claim_keeps_the_memo_it_was_claimed_with():
     d = Recorder()
     engine = make_engine(dispatcher=d)
     sid, delivery = _to_root_resume(engine, d)
-    real, failed = engine.history.create, []
-
-    def create(key, data):
-        if "-root-1-outcome" in key and not failed:
-            failed.append(key)
-            raise StoreError("history store unavailable")
-        return real(key, data)
-
-    engine.history.create = create
-    with pytest.raises(StoreError):
-        engine.execute_node(*delivery)
+    _fail_once_settling(engine, delivery)
     engine.execute_node(*delivery)  # the queue's redelivery: the manager still owes its supervisor
     assert [(bp.node_id, bp.action) for _, bp in d.queue] == [("root.1.0", "supervise")]
 
