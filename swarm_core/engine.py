@@ -485,12 +485,10 @@ class Engine:
         what this node knows is not in them yet."""
         counters, _ = self.counters(header.swarm_id)
         b = header.budgets
-        calls = counters.llm_calls + uncommitted.llm_calls
-        tokens = counters.prompt_tokens + counters.completion_tokens + uncommitted.tokens
-        if calls >= b.max_llm_calls:
+        if counters.llm_calls + uncommitted.llm_calls >= b.max_llm_calls:
             raise BudgetExceeded(f"budget max_llm_calls={b.max_llm_calls} reached")
-        if tokens >= b.max_tokens:
-            raise BudgetExceeded(f"budget max_tokens={b.max_tokens} reached ({tokens} used)")
+        if spent := _tokens_spent(b, counters, uncommitted):
+            raise BudgetExceeded(spent)
 
     def _bump(self, swarm_id: str, check: Callable[[Counters], str | None] | None = None, **delta: int) -> str | None:
         """Add to the swarm's counters by compare-and-swap; `check` may veto with a reason."""
@@ -527,8 +525,8 @@ class Engine:
                         made = c.llm_calls + pending.llm_calls
                         return (f"budget max_llm_calls={b.max_llm_calls} exceeded: {made} calls made or reserved, "
                                 f"{n} more children would make at least one each")
-                    if (used := c.prompt_tokens + c.completion_tokens + pending.tokens) >= b.max_tokens:
-                        return f"budget max_tokens={b.max_tokens} reached ({used} used): no tokens left for {n} children"
+                    if spent := _tokens_spent(b, c, pending):
+                        return f"{spent}: no tokens left for {n} children"
                     return None
 
                 veto = self._bump(swarm_id, check=check, nodes=n, **delta)
@@ -728,6 +726,12 @@ class Engine:
                 for n in nodes
             ],
         }
+
+
+def _tokens_spent(b: Budgets, counters: Counters, uncommitted: Usage) -> str | None:
+    """Why max_tokens stops the next call or spawn, if it does: the counters plus what is not in them yet."""
+    used = counters.prompt_tokens + counters.completion_tokens + uncommitted.tokens
+    return f"budget max_tokens={b.max_tokens} reached ({used} used)" if used >= b.max_tokens else None
 
 
 def _usage_delta(u: Usage) -> dict[str, int]:
