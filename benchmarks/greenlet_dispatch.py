@@ -43,10 +43,14 @@ def suspend(awaitable):
 class SleepingTransport(FunctionTransport):
     """The scripted LLM of fanout.py, waiting with asyncio.sleep instead of time.sleep."""
 
+    def __init__(self, fn, delay_s: float = 0.0):
+        super().__init__(fn)  # no blocking sleep in FunctionTransport.complete
+        self.wait_s = delay_s
+
     def complete(self, messages, schema_name, schema, key, **kw):
-        if self.delay_s:
-            suspend(asyncio.sleep(self.delay_s))
-        return FunctionTransport(self.fn).complete(messages, schema_name, schema, key, **kw)
+        if self.wait_s:
+            suspend(asyncio.sleep(self.wait_s))
+        return super().complete(messages, schema_name, schema, key, **kw)
 
 
 class GreenletDispatcher:
