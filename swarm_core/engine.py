@@ -305,7 +305,7 @@ class Engine:
         still fails, the claim stands until its lease runs out or `swarm resume` takes it over."""
         try:
             now_rec, version = self.node(swarm_id, claimed.node_id)
-            if (now_rec.status, now_rec.attempt, now_rec.blueprint.round) != ("running", claimed.attempt, claimed.blueprint.round):
+            if not _holds(now_rec, claimed):
                 return  # settled before the failure (its re-delivery finishes the job), or claimed again
             self.state.swap(self.node_key(swarm_id, claimed.node_id), dump(before), version)
         except Exception:
@@ -430,7 +430,7 @@ class Engine:
         enough to replay it, budgets included."""
         answers = {}
         for event in self.events(swarm_id):
-            for call in event.llm_calls:
+            for call in event.llm_calls if event.kind == "outcome" else ():
                 if call.response is not None:
                     answers[f"{event.node_id}/{event.round}/{call.seq}"] = {
                         "text": call.response, "prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
@@ -506,8 +506,16 @@ class Engine:
         raise StoreError(f"could not update {key}: too much contention")
 
     def _settle(self, header: SwarmHeader, rec: NodeRecord, outcome, session: LLMSession) -> NodeRecord:
-        """Persist the outcome, then act on it (spawn children, terminate, or wait for the user)."""
+        """Persist the outcome, then act on it (spawn children, terminate, or wait for the user).
+
+        Only while `rec` is still this delivery's claim: a worker that outlived its lease finds
+        the node taken over, and drops its outcome rather than spawn or report a second time.
+        The record's final write is a compare-and-swap against the version checked here."""
         swarm_id, b = header.swarm_id, header.budgets
+        key = self.node_key(swarm_id, rec.node_id)
+        current, version = self.node(swarm_id, rec.node_id)
+        if not _holds(current, rec):
+            return self._superseded(swarm_id, current, rec, session)
         if isinstance(outcome, Spawn):
             deep = [c.node_id for c in outcome.children if c.depth > b.max_depth]
             if deep:
@@ -554,12 +562,26 @@ class Engine:
         else:
             update.update(status="failed", error=outcome.error)
         rec = rec.model_copy(update=update)
-        self.state.write(self.node_key(swarm_id, rec.node_id), dump(rec))
+        if not self.state.swap(key, dump(rec), version):  # taken over since the check above
+            return self._superseded(swarm_id, self.node(swarm_id, rec.node_id)[0], rec, session)
         if isinstance(outcome, Spawn):
             self._fan_out(header, rec)
         elif not isinstance(outcome, AskUser):
             self._terminate(header, rec)
         return rec
+
+    def _superseded(self, swarm_id: str, current: NodeRecord, mine: NodeRecord, session: LLMSession) -> NodeRecord:
+        """Drop the outcome of a delivery whose claim was taken over. Its LLM calls were paid for:
+        they go into the counters and, as a `superseded` event, into the history (replay skips it)."""
+        log.warning(
+            "%s/%s attempt %d outlived its lease and was taken over (now %s, attempt %d): "
+            "its outcome is dropped, its %d LLM calls are counted",
+            swarm_id, mine.node_id, mine.attempt, current.status, current.attempt, session.usage.llm_calls,
+        )
+        self._bump(swarm_id, **_usage_delta(session.usage))
+        data = {"action": mine.blueprint.action, "attempt": mine.attempt, "taken_over_by": current.attempt}
+        self._event(swarm_id, Event(kind="superseded", node_id=mine.node_id, round=mine.blueprint.round, data=data, llm_calls=session.calls))
+        return current
 
     def _fan_out(self, header: SwarmHeader, rec: NodeRecord, recovering: bool = False) -> None:
         """Write the children's records (create-if-absent) and dispatch the runnable ones."""
@@ -726,6 +748,11 @@ class Engine:
                 for n in nodes
             ],
         }
+
+
+def _holds(current: NodeRecord, claimed: NodeRecord) -> bool:
+    """Whether the stored record is still the claim `claimed` made (no takeover, no settle since)."""
+    return (current.status, current.attempt, current.blueprint.round) == ("running", claimed.attempt, claimed.blueprint.round)
 
 
 def _tokens_spent(b: Budgets, counters: Counters, uncommitted: Usage) -> str | None:

@@ -228,7 +228,7 @@ class LLMCall(Model):
     seconds: float = 0.0
 
 
-EventKind = Literal["created", "outcome", "terminated", "resumed", "answered", "swarm_done", "error"]
+EventKind = Literal["created", "outcome", "superseded", "terminated", "resumed", "answered", "swarm_done", "error"]
 
 
 class Event(Model):

@@ -545,3 +545,48 @@ def test_a_stopped_local_dispatcher_drops_queued_nodes_and_ignores_new_ones():
     d.dispatch("sw", NodeBlueprint(node_id="root.0.3", action="write_text"))
     release.set()
     assert d.wait(5) and started == ["root.0.0"] and not d.errors
+
+
+def test_a_worker_that_outlived_its_lease_cannot_settle_a_node_taken_over():
+    # The first claimer's model call outlasts the lease; a redelivery takes the node over and
+    # spawns three children. When the slow call returns, its plan of two must change nothing:
+    # neither the record, nor the children, nor the history's outcome for that round.
+    slow_started, release, plans = threading.Event(), threading.Event(), []
+
+    def responder(messages, schema_name, schema, key):
+        if "subtasks" in schema.get("properties", {}) and key.startswith("root/0/"):
+            plans.append(key)
+            if len(plans) == 1:
+                slow_started.set()
+                release.wait(10)
+                return default_responder(subtasks=("x", "y"))(messages, schema_name, schema, key)
+            return default_responder(subtasks=("a", "b", "c"))(messages, schema_name, schema, key)
+        return default_responder()(messages, schema_name, schema, key)
+
+    d = Recorder()
+    engine = make_engine(responder, dispatcher=d)
+    engine.blueprint.dispatcher.lease_seconds = 0.05
+    sid, _ = engine.load_goal("Do a thing")
+    delivery = d.queue.pop()
+    slow_status = []
+    slow = threading.Thread(target=lambda: slow_status.append(engine.execute_node(*delivery)))
+    slow.start()
+    assert slow_started.wait(10)
+    time.sleep(0.1)  # the lease runs out
+    assert engine.execute_node(*delivery) == "waiting_children"  # the takeover
+    release.set()
+    slow.join(10)
+    rec = engine.node(sid, "root")[0]
+    assert rec.children == ["root.0.0", "root.0.1", "root.0.2"]
+    assert [c.input["task"] for c in rec.outcome.children] == ["a", "b", "c"]
+    assert [task_of_bp.input["task"] for _, task_of_bp in d.queue] == ["a", "b", "c"]
+    assert {n.join.size for n in engine.nodes(sid) if n.join} == {3}
+    assert len([e for e in kinds(engine, sid, "outcome") if e.node_id == "root"]) == 1
+    assert slow_status == ["waiting_children"]  # it reports what the node is, not what it made
+    # Its call was paid for: counted, and kept in the history apart from the round's outcome.
+    [dropped] = kinds(engine, sid, "superseded")
+    assert (dropped.node_id, dropped.data["attempt"], dropped.data["taken_over_by"]) == ("root", 1, 2)
+    assert '"x"' in dropped.llm_calls[0].response
+    # 2 plan calls (one dropped) + 3 children's reserved first calls
+    assert engine.counters(sid)[0].llm_calls == 5
+    assert '"a"' in engine.recorded_answers(sid)["root/0/0"]["text"]  # a replay follows the takeover
