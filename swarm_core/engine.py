@@ -275,8 +275,8 @@ class Engine:
             if resuming and was == "waiting_children":
                 reports = self.read_join(swarm_id, bp.node_id, bp.round - 1)
                 self._bump(swarm_id, **_usage_delta(sum((r.usage for r in reports), Usage())))
-            outcome, session = self._run(header, claimed, reports)
-            settled = self._settle(header, claimed, outcome, session)
+            outcome, session, reserved = self._run(header, claimed, reports)
+            settled = self._settle(header, claimed, outcome, session, reserved)
         except Exception:
             self._unclaim(swarm_id, rec, claimed)
             raise
@@ -438,7 +438,10 @@ class Engine:
         return answers
 
     def _run(self, header: SwarmHeader, rec: NodeRecord, child_reports: list[ChildReport] | None):
+        """Run the node's action. Returns its outcome, its LLM session, and the calls it reserved
+        in the swarm's counters beyond its spawn's reservation (see `_budget_check`)."""
         swarm_id, bp = header.swarm_id, rec.blueprint
+        reserved = [Usage()]
         session = LLMSession(
             transport=self.transport_for(header),
             settings=self.blueprint.llm,
@@ -452,10 +455,7 @@ class Engine:
                     for r in self.read_join(swarm_id, rec.join.parent_id, rec.join.round)
                     if _order(r.node_id) < _order(bp.node_id)
                 ]
-            # Not yet in the counters: this node's own calls beyond its reservation, and what the
-            # earlier steps of a sequential plan used (committed when the parent resumes).
-            uncommitted = rec.usage - rec.committed + sum((r.usage for r in previous), Usage())
-            session.budget_check = lambda: self._check_llm_budget(header, uncommitted + session.usage)
+            session.budget_check = self._budget_check(header, rec, session, previous, reserved)
             space = self.actions.load()
             ctx = NodeContext(
                 swarm=header,
@@ -478,17 +478,35 @@ class Engine:
         except Exception as exc:  # an action's bug fails its node, never the worker
             log.exception("action %s failed on %s/%s", bp.action, swarm_id, bp.node_id)
             outcome = Fail(error=f"{bp.action} raised {type(exc).__name__}: {exc}")
-        return outcome, session
+        return outcome, session, reserved[0]
 
-    def _check_llm_budget(self, header: SwarmHeader, uncommitted: Usage) -> None:
-        """Before every LLM call: the swarm's counters (calls made or reserved, tokens used) plus
-        what this node knows is not in them yet."""
-        counters, _ = self.counters(header.swarm_id)
-        b = header.budgets
-        if counters.llm_calls + uncommitted.llm_calls >= b.max_llm_calls:
-            raise BudgetExceeded(f"budget max_llm_calls={b.max_llm_calls} reached")
-        if spent := _tokens_spent(b, counters, uncommitted):
-            raise BudgetExceeded(spent)
+    def _budget_check(
+        self, header: SwarmHeader, rec: NodeRecord, session: LLMSession, previous: list[ChildReport], reserved: list[Usage]
+    ) -> Callable[[], None]:
+        """The check before each of a node's LLM calls, against the swarm's counters plus what
+        this node knows is not in them yet: its own calls beyond what it reserved, and what the
+        earlier steps of a sequential plan used (committed when their parent resumes).
+
+        A call the node's spawn did not reserve (a repair, a second routing level, the
+        factory's calls) is reserved in the counters by compare-and-swap before it is made, so
+        parallel siblings, which cannot see each other's usage, still hold max_llm_calls
+        together. A node's first call was reserved by its spawn: it costs no write."""
+        b, before = header.budgets, sum((r.usage for r in previous), Usage())
+
+        def check() -> None:
+            own = rec.usage - rec.committed + session.usage - reserved[0]
+            uncommitted = own + before
+            if own.llm_calls + 1 <= 0:  # covered by a reservation already in the counters
+                veto = _llm_veto(b, self.counters(header.swarm_id)[0], uncommitted)
+            else:
+                need = own.llm_calls + 1
+                veto = self._bump(header.swarm_id, check=lambda c: _llm_veto(b, c, uncommitted), llm_calls=need)
+                if not veto:
+                    reserved[0] = reserved[0] + Usage(llm_calls=need)
+            if veto:
+                raise BudgetExceeded(veto)
+
+        return check
 
     def _bump(self, swarm_id: str, check: Callable[[Counters], str | None] | None = None, **delta: int) -> str | None:
         """Add to the swarm's counters by compare-and-swap; `check` may veto with a reason."""
@@ -505,17 +523,19 @@ class Engine:
             time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
         raise StoreError(f"could not update {key}: too much contention")
 
-    def _settle(self, header: SwarmHeader, rec: NodeRecord, outcome, session: LLMSession) -> NodeRecord:
+    def _settle(self, header: SwarmHeader, rec: NodeRecord, outcome, session: LLMSession, reserved: Usage) -> NodeRecord:
         """Persist the outcome, then act on it (spawn children, terminate, or wait for the user).
 
         Only while `rec` is still this delivery's claim: a worker that outlived its lease finds
         the node taken over, and drops its outcome rather than spawn or report a second time.
-        The record's final write is a compare-and-swap against the version checked here."""
+        The record's final write is a compare-and-swap against the version checked here.
+        `reserved`: the calls `_run` reserved in the counters, now committed like the spawn's."""
         swarm_id, b = header.swarm_id, header.budgets
         key = self.node_key(swarm_id, rec.node_id)
         current, version = self.node(swarm_id, rec.node_id)
         if not _holds(current, rec):
-            return self._superseded(swarm_id, current, rec, session)
+            return self._superseded(swarm_id, current, rec, session, reserved)
+        rec = rec.model_copy(update={"committed": rec.committed + reserved})
         if isinstance(outcome, Spawn):
             deep = [c.node_id for c in outcome.children if c.depth > b.max_depth]
             if deep:
@@ -563,22 +583,24 @@ class Engine:
             update.update(status="failed", error=outcome.error)
         rec = rec.model_copy(update=update)
         if not self.state.swap(key, dump(rec), version):  # taken over since the check above
-            return self._superseded(swarm_id, self.node(swarm_id, rec.node_id)[0], rec, session)
+            return self._superseded(swarm_id, self.node(swarm_id, rec.node_id)[0], rec, session, reserved)
         if isinstance(outcome, Spawn):
             self._fan_out(header, rec)
         elif not isinstance(outcome, AskUser):
             self._terminate(header, rec)
         return rec
 
-    def _superseded(self, swarm_id: str, current: NodeRecord, mine: NodeRecord, session: LLMSession) -> NodeRecord:
+    def _superseded(self, swarm_id: str, current: NodeRecord, mine: NodeRecord, session: LLMSession, reserved: Usage) -> NodeRecord:
         """Drop the outcome of a delivery whose claim was taken over. Its LLM calls were paid for:
-        they go into the counters and, as a `superseded` event, into the history (replay skips it)."""
+        they go into the counters (those it did not reserve there already) and, as a
+        `superseded` event, into the history (replay skips it). The spawn's reservation stays
+        with the node, for the delivery that took it over."""
         log.warning(
             "%s/%s attempt %d outlived its lease and was taken over (now %s, attempt %d): "
             "its outcome is dropped, its %d LLM calls are counted",
             swarm_id, mine.node_id, mine.attempt, current.status, current.attempt, session.usage.llm_calls,
         )
-        self._bump(swarm_id, **_usage_delta(session.usage))
+        self._bump(swarm_id, **_usage_delta(session.usage - reserved))
         data = {"action": mine.blueprint.action, "attempt": mine.attempt, "taken_over_by": current.attempt}
         self._event(swarm_id, Event(kind="superseded", node_id=mine.node_id, round=mine.blueprint.round, data=data, llm_calls=session.calls))
         return current
@@ -753,6 +775,13 @@ class Engine:
 def _holds(current: NodeRecord, claimed: NodeRecord) -> bool:
     """Whether the stored record is still the claim `claimed` made (no takeover, no settle since)."""
     return (current.status, current.attempt, current.blueprint.round) == ("running", claimed.attempt, claimed.blueprint.round)
+
+
+def _llm_veto(b: Budgets, counters: Counters, uncommitted: Usage) -> str | None:
+    """Why the next LLM call is refused, if it is: the counters plus what is not in them yet."""
+    if counters.llm_calls + uncommitted.llm_calls >= b.max_llm_calls:
+        return f"budget max_llm_calls={b.max_llm_calls} reached"
+    return _tokens_spent(b, counters, uncommitted)
 
 
 def _tokens_spent(b: Budgets, counters: Counters, uncommitted: Usage) -> str | None:

@@ -150,6 +150,30 @@ def test_max_llm_calls_holds_across_siblings_that_cannot_see_each_other():
     assert [n.status for n in engine.nodes(sid) if n.node_id.startswith("root.0.")] == ["done"] * 8
 
 
+def test_max_llm_calls_holds_for_parallel_siblings_calls_beyond_the_first():
+    # Each of 4 parallel leaves needs a repair: 2 calls. The spawn reserved one call per leaf;
+    # a call beyond a node's reservation is reserved in the counters before it is made, so
+    # with room for 7 calls (plan + 4 + 2) only two leaves get their repair. Before, each leaf
+    # saw only the spawn's reservations and all four repaired: 9 calls against a budget of 7.
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "write_text" and key.endswith("/0"):
+            return "not json"
+        return default_responder(subtasks=("a", "b", "c", "d"))(messages, schema_name, schema, key)
+
+    engine = make_engine(responder, budgets={"max_llm_calls": 7})
+    sid = run_goal(engine)
+    st = engine.status(sid)
+    assert st["usage"]["llm_calls"] == 7 and st["status"] == "failed"
+    leaves = [n for n in engine.nodes(sid) if n.node_id.startswith("root.0.")]
+    assert sorted(n.status for n in leaves) == ["done", "done", "failed", "failed"]
+    assert all("budget max_llm_calls=7 reached" in n.error for n in leaves if n.status == "failed")
+    assert engine.counters(sid)[0].llm_calls == 7  # what was reserved is what was made
+    # Without a budget in the way the extra reservations reconcile to the calls made.
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    assert engine.status(sid)["usage"]["llm_calls"] == engine.counters(sid)[0].llm_calls == 10
+
+
 def test_a_spawn_is_refused_once_the_tokens_are_spent():
     engine = make_engine(default_responder(subtasks=("a", "b", "c")), budgets={"max_tokens": 50})
     sid = run_goal(engine)
