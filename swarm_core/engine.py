@@ -428,9 +428,14 @@ class Engine:
     def recorded_answers(self, swarm_id: str) -> dict[str, dict[str, Any]]:
         """Every LLM answer a swarm received, with its token counts, keyed `<node>/<round>/<seq>`:
         enough to replay it, budgets included."""
-        answers = {}
-        for event in self.events(swarm_id):
-            for call in event.llm_calls if event.kind == "outcome" else ():
+        answers, events = {}, self.events(swarm_id)
+        # A late worker's outcome event can land after the takeover's, just before its record
+        # write loses: its `superseded` event names it.
+        dropped = {(e.node_id, e.round, e.data.get("attempt")) for e in events if e.kind == "superseded"}
+        for event in events:
+            if event.kind != "outcome" or (event.node_id, event.round, event.data.get("attempt")) in dropped:
+                continue
+            for call in event.llm_calls:
                 if call.response is not None:
                     answers[f"{event.node_id}/{event.round}/{call.seq}"] = {
                         "text": call.response, "prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
@@ -568,7 +573,7 @@ class Engine:
                 kind="outcome",
                 node_id=rec.node_id,
                 round=rec.blueprint.round,
-                data={"action": rec.blueprint.action, "outcome": outcome.model_dump()},
+                data={"action": rec.blueprint.action, "attempt": rec.attempt, "outcome": outcome.model_dump()},
                 llm_calls=session.calls,
             ),
         )

@@ -614,3 +614,42 @@ def test_a_worker_that_outlived_its_lease_cannot_settle_a_node_taken_over():
     # 2 plan calls (one dropped) + 3 children's reserved first calls
     assert engine.counters(sid)[0].llm_calls == 5
     assert '"a"' in engine.recorded_answers(sid)["root/0/0"]["text"]  # a replay follows the takeover
+
+
+def test_a_takeover_after_the_claim_check_wins_over_the_late_worker():
+    # The late worker passed the claim check in _settle, then the node was taken over (and
+    # settled) while it counted its spawn. Its outcome event lands after the takeover's; its
+    # record write (compare-and-swap) loses; the replay must still follow the takeover.
+    plans = []
+
+    def responder(messages, schema_name, schema, key):
+        if "subtasks" in schema.get("properties", {}) and key.startswith("root/0/"):
+            plans.append(key)
+            return default_responder(subtasks=("x", "y") if len(plans) == 1 else ("a", "b", "c"))(messages, schema_name, schema, key)
+        return default_responder()(messages, schema_name, schema, key)
+
+    d = Recorder()
+    engine = make_engine(responder, dispatcher=d)
+    engine.blueprint.dispatcher.lease_seconds = 0.05
+    sid, _ = engine.load_goal("Do a thing")
+    delivery = d.queue.pop()
+    real_swap, counted, took_over = engine.state.swap, [], []
+
+    def swap(key, data, version):
+        if key.endswith("counters.json") and not took_over:
+            counted.append(key)
+            if len(counted) == 2:  # the late worker's spawn (its first was its call's reservation)
+                time.sleep(0.1)  # the lease runs out
+                took_over.append(engine.execute_node(*delivery))
+        return real_swap(key, data, version)
+
+    engine.state.swap = swap
+    assert engine.execute_node(*delivery) == "waiting_children"
+    assert took_over == ["waiting_children"]
+    rec = engine.node(sid, "root")[0]
+    assert [c.input["task"] for c in rec.outcome.children] == ["a", "b", "c"]
+    assert [bp.input["task"] for _, bp in d.queue] == ["a", "b", "c"]
+    outcomes = kinds(engine, sid, "outcome")
+    assert '"x"' in outcomes[-1].llm_calls[0].response  # the late worker's event came last
+    assert len(kinds(engine, sid, "superseded")) == 1
+    assert '"a"' in engine.recorded_answers(sid)["root/0/0"]["text"]
