@@ -571,27 +571,39 @@ def test_a_stopped_local_dispatcher_drops_queued_nodes_and_ignores_new_ones():
     assert d.wait(5) and started == ["root.0.0"] and not d.errors
 
 
-def test_a_worker_that_outlived_its_lease_cannot_settle_a_node_taken_over():
-    # The first claimer's model call outlasts the lease; a redelivery takes the node over and
-    # spawns three children. When the slow call returns, its plan of two must change nothing:
-    # neither the record, nor the children, nor the history's outcome for that round.
-    slow_started, release, plans = threading.Event(), threading.Event(), []
+def _late_worker_and_takeover(first_plan=lambda: None):
+    """An engine with a 50 ms lease whose root plans two subtasks (x, y) at its first delivery
+    (after calling `first_plan`) and three (a, b, c) at the next. Returns the engine, its
+    Recorder, the swarm id and the root's delivery, not yet run."""
+    plans = []
 
     def responder(messages, schema_name, schema, key):
         if "subtasks" in schema.get("properties", {}) and key.startswith("root/0/"):
             plans.append(key)
-            if len(plans) == 1:
-                slow_started.set()
-                release.wait(10)
-                return default_responder(subtasks=("x", "y"))(messages, schema_name, schema, key)
-            return default_responder(subtasks=("a", "b", "c"))(messages, schema_name, schema, key)
+            first = len(plans) == 1
+            if first:
+                first_plan()
+            return default_responder(subtasks=("x", "y") if first else ("a", "b", "c"))(messages, schema_name, schema, key)
         return default_responder()(messages, schema_name, schema, key)
 
     d = Recorder()
     engine = make_engine(responder, dispatcher=d)
     engine.blueprint.dispatcher.lease_seconds = 0.05
     sid, _ = engine.load_goal("Do a thing")
-    delivery = d.queue.pop()
+    return engine, d, sid, d.queue.pop()
+
+
+def test_a_worker_that_outlived_its_lease_cannot_settle_a_node_taken_over():
+    # The first claimer's model call outlasts the lease; a redelivery takes the node over and
+    # spawns three children. When the slow call returns, its plan of two must change nothing:
+    # neither the record, nor the children, nor the history's outcome for that round.
+    slow_started, release = threading.Event(), threading.Event()
+
+    def first_plan():
+        slow_started.set()
+        release.wait(10)
+
+    engine, d, sid, delivery = _late_worker_and_takeover(first_plan)
     slow_status = []
     slow = threading.Thread(target=lambda: slow_status.append(engine.execute_node(*delivery)))
     slow.start()
@@ -620,19 +632,7 @@ def test_a_takeover_after_the_claim_check_wins_over_the_late_worker():
     # The late worker passed the claim check in _settle, then the node was taken over (and
     # settled) while it counted its spawn. Its outcome event lands after the takeover's; its
     # record write (compare-and-swap) loses; the replay must still follow the takeover.
-    plans = []
-
-    def responder(messages, schema_name, schema, key):
-        if "subtasks" in schema.get("properties", {}) and key.startswith("root/0/"):
-            plans.append(key)
-            return default_responder(subtasks=("x", "y") if len(plans) == 1 else ("a", "b", "c"))(messages, schema_name, schema, key)
-        return default_responder()(messages, schema_name, schema, key)
-
-    d = Recorder()
-    engine = make_engine(responder, dispatcher=d)
-    engine.blueprint.dispatcher.lease_seconds = 0.05
-    sid, _ = engine.load_goal("Do a thing")
-    delivery = d.queue.pop()
+    engine, d, sid, delivery = _late_worker_and_takeover()
     real_swap, counted, took_over = engine.state.swap, [], []
 
     def swap(key, data, version):
