@@ -258,7 +258,7 @@ class Engine:
         if was == "running" and bp.round > 0:  # taking over a resumed round: resume as the dead claimer did
             was = "waiting_user" if isinstance(rec.outcome, AskUser) else "waiting_children"
             resuming = True
-        claimed = rec.model_copy(
+        claimed = (_spent(rec) if rec.status == "running" else rec).model_copy(
             update={
                 "blueprint": rec.blueprint.model_copy(update={"round": bp.round}),
                 "memo": copy.deepcopy(rec.memo),  # the action edits it: `rec` must stay as it was claimed from
@@ -274,7 +274,7 @@ class Engine:
             reports = None
             if resuming and was == "waiting_children":
                 reports = self.read_join(swarm_id, bp.node_id, bp.round - 1)
-                self._bump(swarm_id, **_usage_delta(sum((r.usage for r in reports), Usage())))
+                self._bump(swarm_id, join=f"{bp.node_id}/{bp.round - 1}", **_usage_delta(sum((r.usage for r in reports), Usage())))
             outcome, session, reserved = self._run(header, claimed, reports)
             settled = self._settle(header, claimed, outcome, session, reserved)
         except Exception:
@@ -307,7 +307,7 @@ class Engine:
             now_rec, version = self.node(swarm_id, claimed.node_id)
             if not _holds(now_rec, claimed):
                 return  # settled before the failure (its re-delivery finishes the job), or claimed again
-            self.state.swap(self.node_key(swarm_id, claimed.node_id), dump(before), version)
+            self.state.swap(self.node_key(swarm_id, claimed.node_id), dump(_spent(before)), version)
         except Exception:
             log.warning("could not hand back the claim on %s/%s", swarm_id, claimed.node_id, exc_info=True)
 
@@ -364,10 +364,10 @@ class Engine:
                 # Its claimer died: hand the node back the state it was claimed from, deliver it again.
                 _, version = self.node(swarm_id, rec.node_id)
                 if rec.blueprint.round == 0:
-                    back = rec.model_copy(update={"status": "pending", "lease_until": None})
+                    back = _spent(rec).model_copy(update={"status": "pending", "lease_until": None})
                 else:
                     was = "waiting_user" if isinstance(rec.outcome, AskUser) else "waiting_children"
-                    back = rec.model_copy(
+                    back = _spent(rec).model_copy(
                         update={
                             "status": was,
                             "lease_until": None,
@@ -513,16 +513,24 @@ class Engine:
 
         return check
 
-    def _bump(self, swarm_id: str, check: Callable[[Counters], str | None] | None = None, **delta: int) -> str | None:
-        """Add to the swarm's counters by compare-and-swap; `check` may veto with a reason."""
+    def _bump(
+        self, swarm_id: str, check: Callable[[Counters], str | None] | None = None, join: str | None = None, **delta: int
+    ) -> str | None:
+        """Add to the swarm's counters by compare-and-swap; `check` may veto with a reason.
+        `join` ("<parent>/<round>") adds a join's reports once, whoever resumes the parent."""
         if check is None and not any(delta.values()):
             return None
         key = self.key(swarm_id, "counters.json")
         for attempt in range(1000):
             counters, version = self.counters(swarm_id)
+            if join in counters.joins:
+                return None  # counted by an earlier delivery of this resume (taken over, or handed back)
             if check and (reason := check(counters)):
                 return reason
-            updated = counters.model_copy(update={k: getattr(counters, k) + v for k, v in delta.items()})
+            update: dict[str, Any] = {k: getattr(counters, k) + v for k, v in delta.items()}
+            if join is not None:
+                update["joins"] = counters.joins + [join]
+            updated = counters.model_copy(update=update)
             if self.state.swap(key, dump(updated), version):
                 return None
             time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
@@ -537,46 +545,30 @@ class Engine:
         `reserved`: the calls `_run` reserved in the counters, now committed like the spawn's."""
         swarm_id, b = header.swarm_id, header.budgets
         key = self.node_key(swarm_id, rec.node_id)
+        rec = rec.model_copy(update={"committed": rec.committed + reserved})
+        own = rec.usage + session.usage - rec.committed  # this delivery's usage not in the counters
         current, version = self.node(swarm_id, rec.node_id)
         if not _holds(current, rec):
-            return self._superseded(swarm_id, current, rec, session, reserved)
-        rec = rec.model_copy(update={"committed": rec.committed + reserved})
-        if isinstance(outcome, Spawn):
-            deep = [c.node_id for c in outcome.children if c.depth > b.max_depth]
-            if deep:
-                outcome = Fail(error=f"budget max_depth={b.max_depth} exceeded by {', '.join(deep[:3])}")
-            else:
-                n = len(outcome.children)
-                pending = rec.usage + session.usage - rec.committed
-                delta = _usage_delta(pending)
-                delta["llm_calls"] += n * RESERVED.llm_calls  # each child's first call, reserved now
-
-                def check(c: Counters) -> str | None:
-                    if c.nodes + n > b.max_nodes:
-                        return f"budget max_nodes={b.max_nodes} exceeded: {c.nodes} nodes exist, {n} more were asked for"
-                    if c.llm_calls + delta["llm_calls"] > b.max_llm_calls:
-                        made = c.llm_calls + pending.llm_calls
-                        return (f"budget max_llm_calls={b.max_llm_calls} exceeded: {made} calls made or reserved, "
-                                f"{n} more children would make at least one each")
-                    if spent := _tokens_spent(b, c, pending):
-                        return f"{spent}: no tokens left for {n} children"
-                    return None
-
-                veto = self._bump(swarm_id, check=check, nodes=n, **delta)
-                if veto:
-                    outcome = Fail(error=veto)
-                else:
+            return self._superseded(swarm_id, current, rec, session, own)
+        counted: dict[str, int] = {}  # what the spawn added to the counters
+        try:
+            if isinstance(outcome, Spawn):
+                outcome, counted = self._count_spawn(header, outcome, own)
+                if counted:
                     rec = rec.model_copy(update={"committed": rec.usage + session.usage})
-        self._event(
-            swarm_id,
-            Event(
-                kind="outcome",
-                node_id=rec.node_id,
-                round=rec.blueprint.round,
-                data={"action": rec.blueprint.action, "attempt": rec.attempt, "outcome": outcome.model_dump()},
-                llm_calls=session.calls,
-            ),
-        )
+            self._event(
+                swarm_id,
+                Event(
+                    kind="outcome",
+                    node_id=rec.node_id,
+                    round=rec.blueprint.round,
+                    data={"action": rec.blueprint.action, "attempt": rec.attempt, "outcome": outcome.model_dump()},
+                    llm_calls=session.calls,
+                ),
+            )
+        except Exception:  # the claim is handed back and the node runs again: count this run as dropped
+            self._recount(swarm_id, own, counted)
+            raise
         update: dict[str, Any] = {"outcome": outcome, "usage": rec.usage + session.usage, "lease_until": None, "updated_at": now()}
         if isinstance(outcome, Spawn):
             update.update(status="waiting_children", children=rec.children + [c.node_id for c in outcome.children])
@@ -586,26 +578,61 @@ class Engine:
             update.update(status="done", report=outcome.report, data=outcome.data, error=None)
         else:
             update.update(status="failed", error=outcome.error)
-        rec = rec.model_copy(update=update)
-        if not self.state.swap(key, dump(rec), version):  # taken over since the check above
-            return self._superseded(swarm_id, self.node(swarm_id, rec.node_id)[0], rec, session, reserved)
+        settled = rec.model_copy(update=update)
+        if not self.state.swap(key, dump(settled), version):  # taken over since the check above
+            return self._superseded(swarm_id, self.node(swarm_id, rec.node_id)[0], rec, session, own, counted)
         if isinstance(outcome, Spawn):
-            self._fan_out(header, rec)
+            self._fan_out(header, settled)
         elif not isinstance(outcome, AskUser):
-            self._terminate(header, rec)
-        return rec
+            self._terminate(header, settled)
+        return settled
 
-    def _superseded(self, swarm_id: str, current: NodeRecord, mine: NodeRecord, session: LLMSession, reserved: Usage) -> NodeRecord:
+    def _count_spawn(self, header: SwarmHeader, spawn: Spawn, own: Usage) -> tuple[Spawn | Fail, dict[str, int]]:
+        """Check a spawn against the budgets and count it (nodes, this delivery's usage, one
+        reserved call per child) in one compare-and-swap. Returns the outcome (a Fail naming the
+        budget if vetoed) and what was added to the counters."""
+        b, n = header.budgets, len(spawn.children)
+        deep = [c.node_id for c in spawn.children if c.depth > b.max_depth]
+        if deep:
+            return Fail(error=f"budget max_depth={b.max_depth} exceeded by {', '.join(deep[:3])}"), {}
+        delta = {"nodes": n, **_usage_delta(own)}
+        delta["llm_calls"] += n * RESERVED.llm_calls  # each child's first call, reserved now
+
+        def check(c: Counters) -> str | None:
+            if c.nodes + n > b.max_nodes:
+                return f"budget max_nodes={b.max_nodes} exceeded: {c.nodes} nodes exist, {n} more were asked for"
+            if c.llm_calls + delta["llm_calls"] > b.max_llm_calls:
+                return (f"budget max_llm_calls={b.max_llm_calls} exceeded: {c.llm_calls + own.llm_calls} calls made or "
+                        f"reserved, {n} more children would make at least one each")
+            if spent := _tokens_spent(b, c, own):
+                return f"{spent}: no tokens left for {n} children"
+            return None
+
+        veto = self._bump(header.swarm_id, check=check, **delta)
+        return (Fail(error=veto), {}) if veto else (spawn, delta)
+
+    def _recount(self, swarm_id: str, own: Usage, counted: dict[str, int]) -> None:
+        """A delivery whose outcome will not stand (taken over, or handed back after an error):
+        leave in the counters only what it spent (`own`), not the spawn it counted. Best effort:
+        if the store fails too, the counters stay high, which errs on the side of the budgets."""
+        delta = {"nodes": 0, **_usage_delta(own)}
+        try:
+            self._bump(swarm_id, **{k: v - counted.get(k, 0) for k, v in delta.items()})
+        except Exception:
+            log.warning("could not correct the counters of %s", swarm_id, exc_info=True)
+
+    def _superseded(
+        self, swarm_id: str, current: NodeRecord, mine: NodeRecord, session: LLMSession, own: Usage, counted: dict[str, int] | None = None
+    ) -> NodeRecord:
         """Drop the outcome of a delivery whose claim was taken over. Its LLM calls were paid for:
-        they go into the counters (those it did not reserve there already) and, as a
-        `superseded` event, into the history (replay skips it). The spawn's reservation stays
-        with the node, for the delivery that took it over."""
+        they stay in the counters and, as a `superseded` event, go into the history (replay
+        skips it). Its spawn, if it counted one, is taken back out."""
         log.warning(
             "%s/%s attempt %d outlived its lease and was taken over (now %s, attempt %d): "
             "its outcome is dropped, its %d LLM calls are counted",
             swarm_id, mine.node_id, mine.attempt, current.status, current.attempt, session.usage.llm_calls,
         )
-        self._bump(swarm_id, **_usage_delta(session.usage - reserved))
+        self._recount(swarm_id, own, counted or {})
         data = {"action": mine.blueprint.action, "attempt": mine.attempt, "taken_over_by": current.attempt}
         self._event(swarm_id, Event(kind="superseded", node_id=mine.node_id, round=mine.blueprint.round, data=data, llm_calls=session.calls))
         return current
@@ -775,6 +802,14 @@ class Engine:
                 for n in nodes
             ],
         }
+
+
+def _spent(rec: NodeRecord) -> NodeRecord:
+    """`rec` as a claim hands it on (taken over, handed back): the call its spawn reserved may
+    have been made by that claim, so the next one reserves its own. At worst one call counted
+    that was never made; never one made that was not counted."""
+    unused = rec.committed.llm_calls - rec.usage.llm_calls
+    return rec.model_copy(update={"committed": rec.committed - Usage(llm_calls=unused)}) if unused > 0 else rec
 
 
 def _holds(current: NodeRecord, claimed: NodeRecord) -> bool:

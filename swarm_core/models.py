@@ -213,6 +213,7 @@ class Counters(Model):
     llm_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    joins: list[str] = Field(default_factory=list)  # "<parent>/<round>": joins whose reports are counted
 
 
 class LLMCall(Model):

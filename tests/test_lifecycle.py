@@ -653,3 +653,87 @@ def test_a_takeover_after_the_claim_check_wins_over_the_late_worker():
     assert '"x"' in outcomes[-1].llm_calls[0].response  # the late worker's event came last
     assert len(kinds(engine, sid, "superseded")) == 1
     assert '"a"' in engine.recorded_answers(sid)["root/0/0"]["text"]
+    # The late worker had counted its spawn of 2 before it lost: taken back, its paid call kept.
+    counters = engine.counters(sid)[0]
+    assert (counters.nodes, counters.llm_calls) == (4, 5)  # root + 3 children; 2 plans + 3 reserved
+    _finish_by_hand(engine, d)
+    st = engine.status(sid)
+    assert st["status"] == "done" and engine.counters(sid)[0].llm_calls == st["usage"]["llm_calls"] + 1  # + the dropped plan
+
+
+def _finish_by_hand(engine, d):
+    while d.queue:
+        engine.execute_node(*d.queue.pop(0))
+
+
+def test_a_takeover_spends_its_own_reservation_not_the_late_workers():
+    # The leaf's first call is covered by its spawn's reservation. The slow delivery spent it;
+    # the delivery that takes over must reserve its own, and here the budget has no room left.
+    made, started, release = [], threading.Event(), threading.Event()
+
+    def responder(messages, schema_name, schema, key):
+        made.append(key)
+        if key == "root.0.0/0/0" and not started.is_set():
+            started.set()
+            release.wait(10)
+        return default_responder(subtasks=("a",))(messages, schema_name, schema, key)
+
+    d = Recorder()
+    engine = make_engine(responder, dispatcher=d, budgets={"max_llm_calls": 2})
+    sid, _ = engine.load_goal("Do a thing")
+    engine.execute_node(*d.queue.pop())  # the plan: 1 call + 1 reserved for the leaf
+    leaf = d.queue.pop()
+    engine.blueprint.dispatcher.lease_seconds = 0.05
+    slow = threading.Thread(target=engine.execute_node, args=leaf)
+    slow.start()
+    assert started.wait(10)
+    time.sleep(0.1)
+    assert engine.execute_node(*leaf) == "failed"  # the takeover: no call left
+    release.set()
+    slow.join(10)
+    assert "budget max_llm_calls=2 reached" in engine.node(sid, "root.0.0")[0].error
+    _finish_by_hand(engine, d)
+    assert len(made) == 2 and engine.counters(sid)[0].llm_calls == 2
+
+
+def test_the_reports_of_a_join_are_counted_once_whoever_resumes_the_parent():
+    # Step 0 fails after three calls; steps 1 and 2 are cancelled and give their reservations
+    # back (-1 each). The root's resume is delivered, handed back after a store error, and
+    # delivered again: the join's usage must reach the counters once, not twice.
+    made = []
+
+    def responder(messages, schema_name, schema, key):
+        made.append(key)
+        if schema_name == "write_text" and key.startswith("root.0.0/"):
+            return "not json"
+        return default_responder(subtasks=("a", "b", "c"), mode="sequential")(messages, schema_name, schema, key)
+
+    d = Recorder()
+    engine = make_engine(responder, dispatcher=d)
+    sid, delivery = _to_root_resume(engine, d)
+    assert [r.usage.llm_calls for r in engine.read_join(sid, "root", 0)] == [0, -1, -1]  # step 0's 3 calls were reserved
+    _fail_once_settling(engine, delivery)
+    engine.execute_node(*delivery)
+    _finish_by_hand(engine, d)
+    st = engine.status(sid)
+    assert st["status"] == "done" and st["usage"]["llm_calls"] == len(made) == 5
+    assert engine.counters(sid)[0].llm_calls == 5
+
+
+def test_a_store_error_after_the_spawn_was_counted_leaves_no_phantom_children():
+    made = []
+
+    def responder(*a):
+        made.append(a[3])
+        return default_responder(subtasks=("a", "b", "c"))(*a)
+
+    d = Recorder()
+    engine = make_engine(responder, dispatcher=d)
+    sid, _ = engine.load_goal("Do a thing")
+    delivery = d.queue.pop()
+    _fail_once_settling(engine, delivery)  # the outcome event fails after the spawn was counted
+    engine.execute_node(*delivery)  # the queue's redelivery
+    _finish_by_hand(engine, d)
+    st, counters = engine.status(sid), engine.counters(sid)[0]
+    assert st["status"] == "done" and (st["nodes"], counters.nodes) == (5, 5)
+    assert counters.llm_calls == len(made) == 6  # two plans (one lost with its delivery), 3 leaves, supervisor
