@@ -401,7 +401,7 @@ class Engine:
                 path = Path(source.split(":", 1)[1])
                 self._transports[source] = RecordedTransport(json.loads(path.read_text())["answers"], str(path))
             elif source.startswith("replay:"):
-                self._transports[source] = RecordedTransport(self.recorded_answers(source.split(":", 1)[1]), source)
+                self._transports[source] = self.replay_transport(source.split(":", 1)[1])
             else:
                 self._transports[source] = OpenAITransport(self.blueprint.llm)
         return self._transports[source]
@@ -426,21 +426,30 @@ class Engine:
         return self.functions().create(description, progress)
 
     def recorded_answers(self, swarm_id: str) -> dict[str, dict[str, Any]]:
-        """Every LLM answer a swarm received, with its token counts, keyed `<node>/<round>/<seq>`:
-        enough to replay it, budgets included."""
-        answers, events = {}, self.events(swarm_id)
+        """Every LLM answer a swarm received, with its token counts, keyed `<node>/<round>/<seq>`."""
+        return self.replay_transport(swarm_id).answers
+
+    def replay_transport(self, swarm_id: str) -> RecordedTransport:
+        """The swarm's history as a recording: its answers (with token counts) and the budget
+        failures of each node and round, enough to replay it to the same tree."""
+        answers: dict[str, dict[str, Any]] = {}
+        stops: dict[str, str] = {}
+        events = self.events(swarm_id)
         # A late worker's outcome event can land after the takeover's, just before its record
         # write loses: its `superseded` event names it.
         dropped = {(e.node_id, e.round, e.data.get("attempt")) for e in events if e.kind == "superseded"}
         for event in events:
             if event.kind != "outcome" or (event.node_id, event.round, event.data.get("attempt")) in dropped:
                 continue
+            outcome = event.data.get("outcome", {})
+            if outcome.get("kind") == "fail" and outcome.get("error", "").startswith("budget "):
+                stops[f"{event.node_id}/{event.round}"] = outcome["error"]
             for call in event.llm_calls:
                 if call.response is not None:
                     answers[f"{event.node_id}/{event.round}/{call.seq}"] = {
                         "text": call.response, "prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
                     }
-        return answers
+        return RecordedTransport(answers, f"replay:{swarm_id}", stops)
 
     def _run(self, header: SwarmHeader, rec: NodeRecord, child_reports: list[ChildReport] | None):
         """Run the node's action. Returns its outcome, its LLM session, and the calls it reserved
@@ -497,19 +506,26 @@ class Engine:
         parallel siblings, which cannot see each other's usage, still hold max_llm_calls
         together. A node's first call was reserved by its spawn: it costs no write."""
         b, before = header.budgets, sum((r.usage for r in previous), Usage())
+        recording = session.transport if isinstance(session.transport, RecordedTransport) else None
 
         def check() -> None:
             own = rec.usage - rec.committed + session.usage - reserved[0]
             uncommitted = own + before
+            veto: Callable[[Counters], str | None] | None = lambda c: _llm_veto(b, c, uncommitted)
+            if recording is not None:  # the recording decides: a recorded call is made
+                if f"{session.key_prefix}/{len(session.calls)}" in recording.answers:
+                    veto = None
+                elif stop := recording.stops.get(session.key_prefix):
+                    raise BudgetExceeded(stop)
             if own.llm_calls + 1 <= 0:  # covered by a reservation already in the counters
-                veto = _llm_veto(b, self.counters(header.swarm_id)[0], uncommitted)
+                reason = veto(self.counters(header.swarm_id)[0]) if veto else None
             else:
                 need = own.llm_calls + 1
-                veto = self._bump(header.swarm_id, check=lambda c: _llm_veto(b, c, uncommitted), llm_calls=need)
-                if not veto:
+                reason = self._bump(header.swarm_id, check=veto, llm_calls=need)
+                if not reason:
                     reserved[0] = reserved[0] + Usage(llm_calls=need)
-            if veto:
-                raise BudgetExceeded(veto)
+            if reason:
+                raise BudgetExceeded(reason)
 
         return check
 
@@ -553,7 +569,7 @@ class Engine:
         counted: dict[str, int] = {}  # what the spawn added to the counters
         try:
             if isinstance(outcome, Spawn):
-                outcome, counted = self._count_spawn(header, outcome, own)
+                outcome, counted = self._count_spawn(header, rec.blueprint, outcome, own)
                 if counted:
                     rec = rec.model_copy(update={"committed": rec.usage + session.usage})
             self._event(
@@ -587,14 +603,18 @@ class Engine:
             self._terminate(header, settled)
         return settled
 
-    def _count_spawn(self, header: SwarmHeader, spawn: Spawn, own: Usage) -> tuple[Spawn | Fail, dict[str, int]]:
+    def _count_spawn(self, header: SwarmHeader, bp: NodeBlueprint, spawn: Spawn, own: Usage) -> tuple[Spawn | Fail, dict[str, int]]:
         """Check a spawn against the budgets and count it (nodes, this delivery's usage, one
         reserved call per child) in one compare-and-swap. Returns the outcome (a Fail naming the
-        budget if vetoed) and what was added to the counters."""
+        budget if vetoed) and what was added to the counters. A replay refuses the spawns its
+        recording refused, and only those."""
         b, n = header.budgets, len(spawn.children)
         deep = [c.node_id for c in spawn.children if c.depth > b.max_depth]
         if deep:
             return Fail(error=f"budget max_depth={b.max_depth} exceeded by {', '.join(deep[:3])}"), {}
+        recording = self.transport_for(header)
+        if isinstance(recording, RecordedTransport) and (stop := recording.stops.get(f"{bp.node_id}/{bp.round}")):
+            return Fail(error=stop), {}
         delta = {"nodes": n, **_usage_delta(own)}
         delta["llm_calls"] += n * RESERVED.llm_calls  # each child's first call, reserved now
 
@@ -608,7 +628,8 @@ class Engine:
                 return f"{spent}: no tokens left for {n} children"
             return None
 
-        veto = self._bump(header.swarm_id, check=check, **delta)
+        replaying = isinstance(recording, RecordedTransport)
+        veto = self._bump(header.swarm_id, check=None if replaying else check, **delta)
         return (Fail(error=veto), {}) if veto else (spawn, delta)
 
     def _recount(self, swarm_id: str, own: Usage, counted: dict[str, int]) -> None:

@@ -415,11 +415,16 @@ def _is_strict(schema: dict) -> bool:
 class RecordedTransport:
     """Answers from a recording: `{"<node_id>/<round>/<seq>": answer}`. No network. An answer is
     its text, or `{"text", "prompt_tokens", "completion_tokens"}` when the recording kept the
-    usage (a swarm's own history does): a replay then meets the same token budget checks."""
+    usage (a swarm's own history does).
 
-    def __init__(self, answers: dict[str, Any], source: str):
+    The recording also decides the budgets, so that a replay gives the same tree whatever order
+    its nodes run in: a recorded call is made, and `stops` (`{"<node_id>/<round>": error}`, the
+    budget failures of the recorded run) fail the same nodes with the same error."""
+
+    def __init__(self, answers: dict[str, Any], source: str, stops: dict[str, str] | None = None):
         self.answers = answers
         self.source = source
+        self.stops = stops or {}
 
     def complete(self, messages, schema_name, schema, key, **_) -> Completion:
         if key not in self.answers:

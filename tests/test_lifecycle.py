@@ -12,7 +12,6 @@ from conftest import make_engine, run_goal
 from scripted import default_responder, task_of
 
 from swarm_core.engine import CorruptRecord, NotWaiting, SwarmError
-from swarm_core.llm import RecordedTransport
 from swarm_core.models import InvalidId, NodeBlueprint
 from swarm_core.store import StoreError
 
@@ -350,18 +349,14 @@ def test_an_action_that_raises_fails_its_node_not_the_worker(monkeypatch):
 def test_replay_from_history_gives_the_same_tree_without_the_model():
     engine = make_engine(default_responder(subtasks=("a", "b", "c")))
     sid = run_goal(engine)
-    replay = make_engine(lambda *a: pytest.fail("replay must not call the model"), store=engine.state.uri)
-    replay._transport = RecordedTransport(engine.recorded_answers(sid), "test")
-    rid = run_goal(replay, engine.header(sid).goal)
+    replay, rid = _replay(engine, sid)
     shape = lambda e, s: [(n.node_id, n.blueprint.action, n.status, n.report) for n in e.nodes(s)]  # noqa: E731
     assert shape(replay, rid) == shape(engine, sid)
     assert replay.status(rid)["usage"]["prompt_tokens"] == engine.status(sid)["usage"]["prompt_tokens"] > 0
     # a swarm stopped by its token budget replays to the same stop: the recording keeps the usage
     engine = make_engine(default_responder(subtasks=("a", "b", "c")), budgets={"max_tokens": 50})
     sid = run_goal(engine)
-    replay = make_engine(lambda *a: pytest.fail("replay must not call the model"), store=engine.state.uri, budgets={"max_tokens": 50})
-    replay._transport = RecordedTransport(engine.recorded_answers(sid), "test")
-    rid = run_goal(replay, engine.header(sid).goal)
+    replay, rid = _replay(engine, sid, max_tokens=50)
     assert shape(replay, rid) == shape(engine, sid) and replay.status(rid)["error"] == engine.status(sid)["error"]
 
 
@@ -737,3 +732,47 @@ def test_a_store_error_after_the_spawn_was_counted_leaves_no_phantom_children():
     st, counters = engine.status(sid), engine.counters(sid)[0]
     assert st["status"] == "done" and (st["nodes"], counters.nodes) == (5, 5)
     assert counters.llm_calls == len(made) == 6  # two plans (one lost with its delivery), 3 leaves, supervisor
+
+
+def _replay(engine, sid, **budgets):
+    replay = make_engine(lambda *a: pytest.fail("a replay must not call the model"), store=engine.state.uri, budgets=budgets)
+    replay._transport = engine.replay_transport(sid)
+    return replay, run_goal(replay, engine.header(sid).goal)
+
+
+def _tree(engine, sid):
+    return [(n.node_id, n.blueprint.action, n.status, n.error) for n in engine.nodes(sid)]
+
+
+def test_a_replay_stops_where_the_recording_stopped_whatever_order_its_siblings_run_in():
+    # Four leaves each need a repair and the budget has room for two: which two got theirs was
+    # decided by timing (0 and 1 were slow). A replay runs with no delays, in its own order:
+    # the recording, not the race, must decide again.
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "write_text" and key.endswith("/0"):
+            if key.startswith(("root.0.0/", "root.0.1/")):
+                time.sleep(0.3)
+            return "not json"
+        return default_responder(subtasks=("a", "b", "c", "d"))(messages, schema_name, schema, key)
+
+    engine = make_engine(responder, budgets={"max_llm_calls": 7})
+    sid = run_goal(engine)
+    assert [n.status for n in engine.nodes(sid)][1:] == ["failed", "failed", "done", "done"]
+    replay, rid = _replay(engine, sid, max_llm_calls=7)
+    assert _tree(replay, rid) == _tree(engine, sid)
+
+
+def test_a_replay_refuses_the_spawn_the_recording_refused():
+    # Two routers share room for one more child; the slow one lost the race in the recording.
+    def responder(messages, schema_name, schema, key):
+        if key == "root.0.0/0/0":
+            time.sleep(0.3)
+        return default_responder(subtasks=("a", "b"), action="no_such_action")(messages, schema_name, schema, key)
+
+    engine = make_engine(responder, budgets={"max_llm_calls": 4})
+    sid = run_goal(engine)
+    nodes = {n.node_id: n for n in engine.nodes(sid)}
+    assert "root.0.1.0.0" in nodes and "root.0.0.0.0" not in nodes  # the fast router won
+    assert "budget max_llm_calls=4 exceeded" in nodes["root.0.0"].error
+    replay, rid = _replay(engine, sid, max_llm_calls=4)
+    assert _tree(replay, rid) == _tree(engine, sid)
