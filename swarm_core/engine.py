@@ -36,6 +36,7 @@ from .models import (
     Counters,
     Event,
     Fail,
+    InvalidId,
     JoinSlot,
     NodeBlueprint,
     NodeRecord,
@@ -169,8 +170,12 @@ class Engine:
 
     def nodes(self, swarm_id: str) -> list[NodeRecord]:
         self.header(swarm_id)
-        keys = self.state.list(self.key(swarm_id, "nodes") + "/")
-        recs = [self.node(swarm_id, k.rsplit("/", 1)[1][: -len(".json")])[0] for k in keys if k.endswith(".json")]
+        recs = []
+        for key in self.state.list(self.key(swarm_id, "nodes") + "/"):
+            try:
+                recs.append(self.node(swarm_id, key.rsplit("/", 1)[1].removesuffix(".json"))[0])
+            except InvalidId:  # a stray file: the store is not as the engine left it
+                raise CorruptRecord(f"unexpected object {key} in {self.state.uri}: not a node record") from None
         return sorted(recs, key=lambda r: _order(r.node_id))
 
     def counters(self, swarm_id: str) -> tuple[Counters, str]:
@@ -224,10 +229,11 @@ class Engine:
             replay_of=replay_of,
         )
         root = NodeBlueprint(node_id=ROOT_ID, action=self.blueprint.root_action, input={"task": header.goal})
+        # The index entry first: if a later write fails, `swarm list` still shows the swarm.
+        self.state.create(f"index/{swarm_id}", b"")
         self.state.create(self.key(swarm_id, "swarm.json"), dump(header))
         self.state.create(self.key(swarm_id, "counters.json"), dump(Counters(nodes=1)))
         self.state.create(self.node_key(swarm_id, ROOT_ID), dump(NodeRecord(blueprint=root)))
-        self.state.create(f"index/{swarm_id}", b"")
         self._event(swarm_id, Event(kind="created", node_id=ROOT_ID, data={"goal": header.goal}))
         self.dispatcher.dispatch(swarm_id, root)
         return swarm_id, ROOT_ID

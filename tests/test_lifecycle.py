@@ -375,12 +375,34 @@ def test_bad_input_is_refused_and_nothing_is_overwritten():
         NodeBlueprint(node_id="../x", action="write_text")
     sid = run_goal(engine)
     key = engine.node_key(sid, "root.0.0")
+    good = engine.state.read(key)
     engine.state.write(key, b'{"blueprint": {"node_id": "root.0.0"')
     with pytest.raises(CorruptRecord, match=r"corrupted record swarms/.*/nodes/root.0.0.json"):
         engine.nodes(sid)
     with pytest.raises(CorruptRecord):
         engine.execute_node(sid, {"node_id": "root.0.0", "action": "write_text"})
     assert engine.state.read(key) == b'{"blueprint": {"node_id": "root.0.0"'
+    engine.state.write(key, good)
+    engine.state.write(engine.key(sid, "nodes", "Root_copy.json"), b"{}")  # a stray file, not a node id
+    with pytest.raises(CorruptRecord, match=r"unexpected object swarms/.*/nodes/Root_copy.json in memory://"):
+        engine.nodes(sid)
+
+
+def test_a_swarm_whose_creation_failed_half_way_is_still_listed():
+    engine = make_engine()
+    real = engine.state.create
+
+    def create(key, data):
+        if key.endswith("/swarm.json"):
+            raise StoreError("disk full")
+        return real(key, data)
+
+    engine.state.create = create
+    with pytest.raises(StoreError):
+        engine.load_goal("Do a thing")
+    [sid] = engine.swarm_ids()
+    with pytest.raises(SwarmError, match=f"unknown swarm {sid}"):
+        engine.header(sid)
 
 
 def test_forged_payload_cannot_change_what_a_node_does():
