@@ -303,6 +303,12 @@ class OpenAITransport:
                 )
         return _CLIENTS[key]
 
+    @property
+    def server(self) -> str:
+        """The client's base URL for messages, without any user:password in it."""
+        url = self.client.base_url
+        return str(url.copy_with(username=None, password=None) if url.userinfo else url)
+
     def complete(self, messages, schema_name, schema, key, *, text=False, temperature=None) -> Completion:
         import openai
 
@@ -326,9 +332,9 @@ class OpenAITransport:
         try:
             resp = self.client.chat.completions.create(messages=messages, **kwargs)
         except openai.APIStatusError as exc:
-            raise LLMError(f"LLM server answered HTTP {exc.status_code}: {_api_message(exc)}") from None
+            raise LLMError(f"LLM server {self.server} answered HTTP {exc.status_code}: {_api_message(exc)}") from None
         except openai.APIConnectionError as exc:
-            raise LLMError(f"cannot reach the LLM server: {exc}") from None
+            raise LLMError(f"cannot reach the LLM server {self.server}: {exc}") from None
         if not resp.choices:
             return Completion(None)
         msg = resp.choices[0].message

@@ -101,8 +101,16 @@ def test_refusal_and_server_errors_are_reported(stub):
     s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
     assert "the model refused: I can't help with that" in s.calls[0].error
     stub.queue(*[Reply(status=500, content="boom")] * 3)
-    with pytest.raises(LLMError, match="HTTP 500: boom"):
+    with pytest.raises(LLMError, match=f"LLM server {stub.base_url}/? answered HTTP 500: boom"):
         session(stub).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+
+
+def test_an_unreachable_server_is_named_without_its_credentials(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    s = LLMSettings(base_url="http://user:hunter2@127.0.0.1:9/v1", model="m", max_retries=0, timeout_s=5)
+    with pytest.raises(LLMError, match=r"cannot reach the LLM server http://127.0.0.1:9/v1/?: ") as err:
+        LLMSession(transport=OpenAITransport(s), settings=s, key_prefix="root/0").ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+    assert "hunter2" not in str(err.value)
 
 
 @pytest.mark.parametrize("mode", ["json_schema", "json_object_schema", "tools"])
