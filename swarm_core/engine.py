@@ -21,8 +21,8 @@ from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .actions import ActionError, ActionSpace, NodeContext, run_action
-from .config import SwarmBlueprint
+from .actions import ActionError, ActionSpace, ActionSpec, NodeContext, run_action
+from .config import ConfigError, SwarmBlueprint
 from .dispatch import Dispatcher, LocalDispatcher
 from .executor import ExecResult, FunctionError
 from .factory import Functions, Progress
@@ -121,9 +121,14 @@ class Engine:
         self.dispatcher = dispatcher or LocalDispatcher(blueprint.dispatcher.concurrency)
         self.dispatcher.bind(self)
         self.space = ActionSpace.from_dirs(blueprint.action_paths)  # the built-ins
-        self.space.get(blueprint.root_action)  # fail at start-up, not on the first goal
         # The deployment's own actions: read from the actions store at every node invocation.
         self.actions = SpaceStore(self.stores.actions, self.space)
+        # Fail at start-up, not on the first goal or the first subtask nothing fits.
+        if not isinstance(self.space.entries.get(blueprint.root_action), ActionSpec):
+            raise ConfigError(f"blueprint {blueprint.name}: root_action {blueprint.root_action!r} is not an action")
+        fallback = blueprint.router.fallback
+        if not _routable(self.space, fallback) and not _routable(self.actions.load(), fallback):
+            raise ConfigError(f"blueprint {blueprint.name}: [router] fallback {fallback!r} is not a routable action")
         self._transport = transport
         self._transports: dict[str, Transport] = {}
 
@@ -829,6 +834,11 @@ class Engine:
                 for n in nodes
             ],
         }
+
+
+def _routable(space: ActionSpace, action_id: str) -> bool:
+    entry = space.entries.get(action_id)
+    return isinstance(entry, ActionSpec) and entry.routable
 
 
 def _spent(rec: NodeRecord) -> NodeRecord:

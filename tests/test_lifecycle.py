@@ -798,3 +798,23 @@ def test_a_replay_refuses_the_spawn_the_recording_refused():
     assert "budget max_llm_calls=4 exceeded" in nodes["root.0.0"].error
     replay, rid = _replay(engine, sid, max_llm_calls=4)
     assert _tree(replay, rid) == _tree(engine, sid)
+
+
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("root_action", "no_such_action", "root_action 'no_such_action' is not an action"),
+    ("router.fallback", "nope_action", "[router] fallback 'nope_action' is not a routable action"),
+    ("router.fallback", "route", "[router] fallback 'route' is not a routable action"),
+])
+def test_a_blueprint_naming_a_missing_action_fails_at_start_up(setting, value, message):
+    from swarm_core.config import ConfigError, load_blueprint
+    from swarm_core.engine import Engine
+
+    bp = load_blueprint(None)
+    bp.stores.state = "memory://start-up-check"
+    if setting == "root_action":
+        bp.root_action = value
+    else:
+        bp.router.fallback = value
+    with pytest.raises(ConfigError) as err:
+        Engine(bp)
+    assert message in str(err.value)
