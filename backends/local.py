@@ -17,6 +17,7 @@ thread take the GIL, which with hundreds of node threads costs more than the cal
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -41,6 +42,24 @@ def _read_file(path: str) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _os_errors(doing: str):
+    """A method whose OSError (no permission, a full disk, a file where a folder must be) leaves
+    as a StoreError naming the store and the key, like every other backend's failures."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self, key, *args):
+            try:
+                return method(self, key, *args)
+            except OSError as exc:
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise StoreError(f"cannot {doing} {key} in {self.uri}: {exc.strerror or exc}{where}") from None
+
+        return run
+
+    return wrap
 
 
 def _version(data: bytes) -> str:
@@ -68,6 +87,7 @@ class FileStore(Store):
             os.makedirs(folder, exist_ok=True)
             self._made.add(folder)
 
+    @_os_errors("read")
     def read(self, key: str) -> bytes:
         try:
             return _read_file(self._path(key))
@@ -87,10 +107,12 @@ class FileStore(Store):
             os.close(fd)
         return tmp
 
+    @_os_errors("write")
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
         os.replace(self._aside(path, data), path)
 
+    @_os_errors("create")
     def create(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         tmp = self._aside(path, data)  # written aside first, then linked in: O_EXCL-like and never torn
@@ -112,6 +134,7 @@ class FileStore(Store):
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
 
+    @_os_errors("swap")
     def swap(self, key: str, data: bytes, expected_version: str) -> bool:
         check_key(key)  # before a lock file is opened for it
         fd = self._locked(key)
@@ -135,6 +158,7 @@ class FileStore(Store):
         data = self.read(key)
         return data, _version(data)
 
+    @_os_errors("list")
     def list(self, prefix: str) -> list[str]:
         rel = check_prefix(prefix)
         keys: list[str] = []
@@ -156,6 +180,7 @@ class FileStore(Store):
                 elif "~" not in entry.name and not _OLD_TMP.search(entry.name):  # temporary files
                     keys.append(rel + entry.name)
 
+    @_os_errors("delete")
     def delete(self, key: str) -> None:
         path = self._path(key)
         if not os.path.isfile(path):

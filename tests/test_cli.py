@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,29 @@ def test_corrupted_record_names_the_key_and_keeps_the_bytes(tmp_path):
     assert proc.returncode == 1
     assert f"corrupted record swarms/{sid}/nodes/root.0.2.json" in proc.stderr
     assert node.read_text() == '{"blueprint": '
+
+
+def _demo_swarm(store: str) -> str:
+    return json.loads(swarm("run", DEMO_GOAL, "--store", store, "--json", check=0).stdout)["swarm_id"]
+
+
+@pytest.mark.parametrize("command", ["run", "replay", "snapshot"])
+def test_an_unwritable_store_is_one_storage_error_naming_the_store_and_the_key(tmp_path, command):
+    # a file where the store needs a folder: refused even to root, which ignores file modes
+    store = f"file://{tmp_path}"
+    sid = _demo_swarm(store)
+    if command == "snapshot":
+        blocked, args, key = tmp_path / "swarms" / sid / "snapshots", [sid], f"swarms/{sid}/snapshots/"
+    else:
+        blocked, args, key = tmp_path / "index", [DEMO_GOAL if command == "run" else sid], "index/sw_"
+        shutil.rmtree(blocked)
+    blocked.write_text("")
+    proc = swarm(command, *args, "--store", store, "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["exit_code"] == 1
+    line = proc.stderr.strip()
+    assert line.startswith("swarm: error: storage: cannot ") and f" in {store}: " in line and key in line, line
+    assert len(line.splitlines()) == 1
 
 
 def test_failed_swarm_exits_1(stub, tmp_path):
