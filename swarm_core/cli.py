@@ -157,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd(
         "snapshot",
         cmd_snapshot,
-        "write the whole tree as one JSON object",
+        "print the whole tree as one JSON object and store it under snapshots/",
         swarm_id,
         (["--out"], {"metavar": "FILE", "help": "also write it to FILE"}),
     )
@@ -454,17 +454,18 @@ def cmd_replay(args) -> int:
 
 
 def cmd_snapshot(args) -> int:
+    folder = os.path.dirname(os.path.abspath(args.out)) if args.out else ""
+    if folder and not os.path.isdir(folder):  # before anything is stored
+        raise UsageError(f"--out {args.out}: folder {folder} not found")
     engine = _engine(args)
     snap = engine.snapshot(args.swarm_id)
     text = json.dumps(snap, indent=None if args.json else 2)
     key = engine.key(args.swarm_id, "snapshots", f"{time.time_ns():020d}.json")
     engine.state.create(key, text.encode())
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    if args.json:
-        print(text)
-    else:
+        _write(args.out, text)
+    print(text)
+    if not args.json:
         err.print(f"snapshot of {len(snap['nodes'])} nodes written to {engine.state.uri}/{key}" + (f" and {args.out}" if args.out else ""))
     return 0
 
@@ -692,6 +693,14 @@ def _read(path: str) -> str:
             return f.read()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def cmd_actions_move(args) -> int:

@@ -122,6 +122,16 @@ def test_an_unwritable_store_is_one_storage_error_naming_the_store_and_the_key(t
     assert len(line.splitlines()) == 1
 
 
+def test_snapshot_prints_the_tree_and_checks_out_before_storing(tmp_path):
+    store = f"file://{tmp_path}"
+    sid = _demo_swarm(store)
+    snap = json.loads(swarm("snapshot", sid, "--store", store, check=0).stdout)  # text mode too: the JSON on stdout
+    assert len(snap["nodes"]) == 6
+    proc = swarm("snapshot", sid, "--store", store, "--out", str(tmp_path / "nodir" / "x.json"), check=2)
+    assert f"folder {tmp_path / 'nodir'} not found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert len(list((tmp_path / "swarms" / sid / "snapshots").iterdir())) == 1  # the first one only
+
+
 def test_failed_swarm_exits_1(stub, tmp_path):
     stub.responder = lambda req: Reply(content="not json")
     proc = swarm("run", "anything", "--json", "--store", f"file://{tmp_path}", env={"OPENAI_BASE_URL": stub.base_url})
