@@ -1,8 +1,8 @@
 """`swarm`: run goals and inspect swarms from a terminal or a script.
 
 Exit codes: 0 swarm done (or command succeeded), 1 swarm failed or incomplete, 2 bad usage or
-unknown id, 3 swarm waiting for a user's answer, 130 interrupted (Ctrl-C), 143 terminated
-(SIGTERM). `--json` prints exactly one JSON object.
+unknown id, 3 swarm waiting for a user's answer, 130 interrupted (Ctrl-C), 141 the output's
+reader left early (`| head`), 143 terminated (SIGTERM). `--json` prints exactly one JSON object.
 `swarm fn …` and `swarm actions …` work on the deployment's functions and action space:
 0 ok, 1 the function or its tests failed (a draft, an invalid space), 2 bad usage or unknown name.
 """
@@ -45,8 +45,15 @@ STYLE = {
     "failed": ("✗", "red"),
     "cancelled": ("-", "dim"),
 }
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:  # rich would exit 1 (a failed swarm): `main` exits 141 instead
+        raise BrokenPipeError
+
+
+err = _Console(stderr=True, soft_wrap=True)
+out = _Console(soft_wrap=True)
 
 
 class UsageError(Exception):
@@ -71,6 +78,18 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a reader gone early fails here, not in Python's flush at exit
+        return code
+    except BrokenPipeError:  # `swarm tree ID | head`: the reader has what it wanted; exit as a shell reports SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, sys.stderr.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
@@ -402,7 +421,7 @@ def cmd_tree(args) -> int:
         tree = render_tree(nodes, f"[bold]{args.swarm_id}[/] {engine.header(args.swarm_id).goal}")
         # `out` soft-wraps, which makes rich crop each label at the console's width (80 in a pipe):
         # on a terminal labels wrap inside the tree; into a pipe each node stays one whole line
-        (out if out.is_terminal else Console(width=100_000)).print(tree, soft_wrap=False)
+        (out if out.is_terminal else _Console(width=100_000)).print(tree, soft_wrap=False)
     return 0
 
 

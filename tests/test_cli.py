@@ -132,6 +132,20 @@ def test_snapshot_prints_the_tree_and_checks_out_before_storing(tmp_path):
     assert len(list((tmp_path / "swarms" / sid / "snapshots").iterdir())) == 1  # the first one only
 
 
+@pytest.mark.parametrize("args", [["tree", "{sid}", "--json"], ["status", "{sid}"], ["list"]])
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, args):
+    # `swarm tree ID --json | true`: the pipe's reader is gone before the command writes
+    store = f"file://{tmp_path}"
+    sid = _demo_swarm(store)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swarm_core.cli", *(a.format(sid=sid) for a in args), "--store", store],
+        env=CLEAN_ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE and stderr == ""
+
+
 def test_failed_swarm_exits_1(stub, tmp_path):
     stub.responder = lambda req: Reply(content="not json")
     proc = swarm("run", "anything", "--json", "--store", f"file://{tmp_path}", env={"OPENAI_BASE_URL": stub.base_url})
