@@ -456,6 +456,7 @@ def cmd_resume(args) -> int:
 def cmd_replay(args) -> int:
     engine = _engine(args)
     original = engine.header(args.swarm_id)
+    before = engine.nodes(args.swarm_id)  # an unreadable original is refused before a new swarm is made
     if not engine.recorded_answers(args.swarm_id):
         raise UsageError(f"swarm {args.swarm_id} has no recorded LLM answers to replay")
     swarm_id, _ = engine.load_goal(
@@ -463,12 +464,15 @@ def cmd_replay(args) -> int:
     )
     if not args.json:
         err.print(f"[bold]{swarm_id}[/] replays {args.swarm_id} from its history (offline, no model is called)")
-    status = _drive(engine, swarm_id, args, "replay")
-    shape = lambda nodes: [(n.node_id, n.blueprint.action, n.status) for n in nodes]  # noqa: E731
-    identical = shape(engine.nodes(swarm_id)) == shape(engine.nodes(args.swarm_id))
-    if not args.json:
-        err.print(f"tree identical to {args.swarm_id}: {'yes' if identical else 'NO'}")
-    code = _finish(engine, swarm_id, args, status, {"replay_of": args.swarm_id, "identical": identical})
+    try:
+        status = _drive(engine, swarm_id, args, "replay")
+        shape = lambda nodes: [(n.node_id, n.blueprint.action, n.status) for n in nodes]  # noqa: E731
+        identical = shape(engine.nodes(swarm_id)) == shape(before)
+        if not args.json:
+            err.print(f"tree identical to {args.swarm_id}: {'yes' if identical else 'NO'}")
+        code = _finish(engine, swarm_id, args, status, {"replay_of": args.swarm_id, "identical": identical})
+    except (SwarmError, StoreError) as exc:  # the new swarm exists now: say which it is
+        raise type(exc)(f"replay {swarm_id} of {args.swarm_id}: {exc}") from None
     return code if identical else max(code, 1)
 
 

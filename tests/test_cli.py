@@ -146,6 +146,32 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, args):
     assert proc.wait(timeout=60) == 128 + signal.SIGPIPE and stderr == ""
 
 
+def test_replay_of_a_corrupted_swarm_is_refused_before_a_new_swarm_is_made(tmp_path):
+    store = f"file://{tmp_path}"
+    sid = _demo_swarm(store)
+    (tmp_path / "swarms" / sid / "nodes" / "root.0.2.json").write_text('{"blueprint": ')
+    proc = swarm("replay", sid, "--store", store, check=1)
+    assert f"corrupted record swarms/{sid}/nodes/root.0.2.json" in proc.stderr
+    assert [s["swarm_id"] for s in json.loads(swarm("list", "--json", "--store", store, check=0).stdout)["swarms"]] == [sid]
+
+
+def test_a_replay_that_fails_once_started_names_the_new_swarm(tmp_path, monkeypatch, capsys):
+    from swarm_core import cli
+    from swarm_core.engine import Engine
+    from swarm_core.store import StoreError
+
+    store = f"file://{tmp_path}"
+    sid = _demo_swarm(store)
+
+    def unreadable(self, swarm_id):
+        raise StoreError(f"cannot read swarms/{swarm_id}/swarm.json in {store}: Input/output error")
+
+    monkeypatch.setattr(Engine, "status", unreadable)
+    assert cli.main(["replay", sid, "--store", store, "--json"]) == 1
+    new = [s for s in os.listdir(tmp_path / "index") if s != sid]
+    assert len(new) == 1 and f"replay {new[0]} of {sid}: cannot read" in json.loads(capsys.readouterr().out)["error"]
+
+
 def test_failed_swarm_exits_1(stub, tmp_path):
     stub.responder = lambda req: Reply(content="not json")
     proc = swarm("run", "anything", "--json", "--store", f"file://{tmp_path}", env={"OPENAI_BASE_URL": stub.base_url})
