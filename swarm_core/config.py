@@ -1,8 +1,8 @@
 """The swarm blueprint: the configuration one deployment runs with, read from a TOML file.
 
 Resolution: `--blueprint` / `SWARM_BLUEPRINT` (a folder holding `blueprint.toml`, or
-the file itself), else `blueprints/default`. `SWARM_STORE` and `SWARM_MODEL` override
-the file so the same blueprint runs against any store or model.
+the file itself), else `blueprints/default`. `SWARM_STORE`, `SWARM_MODEL` and `SWARM_LLM_MODE`
+override the file (ENV_OVERRIDES) so the same blueprint runs against any store or model.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .llm import LLMSettings
 from .models import Budgets
@@ -20,6 +20,8 @@ from .sandbox import Limits
 
 BLUEPRINTS_DIR = Path(__file__).resolve().parent.parent / "blueprints"
 DEFAULT_BLUEPRINT = BLUEPRINTS_DIR / "default"
+# (section, key) of a blueprint setting -> the environment variable that overrides it
+ENV_OVERRIDES = {("stores", "state"): "SWARM_STORE", ("llm", "model"): "SWARM_MODEL", ("llm", "mode"): "SWARM_LLM_MODE"}
 
 
 class ConfigError(ValueError):
@@ -124,13 +126,13 @@ def load_blueprint(path: str | os.PathLike | None = None) -> SwarmBlueprint:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"blueprint {file} is not valid TOML: {exc}") from None
     raw.setdefault("root", str(file.parent))
-    if os.environ.get("SWARM_STORE"):
-        raw.setdefault("stores", {})["state"] = os.environ["SWARM_STORE"]
-    if os.environ.get("SWARM_MODEL"):
-        raw.setdefault("llm", {})["model"] = os.environ["SWARM_MODEL"]
-    if os.environ.get("SWARM_LLM_MODE"):
-        raw.setdefault("llm", {})["mode"] = os.environ["SWARM_LLM_MODE"]
+    overridden = {setting: var for setting, var in ENV_OVERRIDES.items() if os.environ.get(var)}
+    for (section, key), var in overridden.items():
+        raw.setdefault(section, {})[key] = os.environ[var]
     try:
         return SwarmBlueprint.model_validate(raw)
-    except Exception as exc:  # pydantic's message names the field
-        raise ConfigError(f"blueprint {file}: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(str(p) for p in first["loc"])
+        source = overridden.get(loc[:2]) or file
+        raise ConfigError(f"blueprint setting {'.'.join(loc) or '(top level)'} from {source}: {first['msg']}") from None

@@ -88,6 +88,20 @@ def test_bad_usage_exits_2_with_one_clear_line(tmp_path, args, code, needle):
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.parametrize("source", ["env", "file"])
+def test_a_bad_setting_is_one_line_naming_the_setting_and_its_source(tmp_path, source):
+    env, blueprint = {}, tmp_path / "blueprint.toml"
+    if source == "env":
+        env, blueprint = {"SWARM_LLM_MODE": "bogus"}, REPO / "blueprints/default"
+        where, setting = "SWARM_LLM_MODE", "llm.mode"
+    else:
+        blueprint.write_text('[budgets]\nmax_nodes = "many"\n')
+        where, setting = str(blueprint), "budgets.max_nodes"
+    proc = swarm("list", "--blueprint", str(blueprint), "--store", f"file://{tmp_path}", env=env, check=2)
+    assert proc.stderr.startswith(f"swarm: error: blueprint setting {setting} from {where}: Input should be ")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_corrupted_record_names_the_key_and_keeps_the_bytes(tmp_path):
     store = f"file://{tmp_path}"
     sid = json.loads(swarm("run", DEMO_GOAL, "--store", store, "--json", check=0).stdout)["swarm_id"]
