@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
@@ -29,7 +30,7 @@ from .engine import CorruptRecord, Engine, SwarmError, check_goal
 from .executor import FunctionError
 from .factory import Functions
 from .llm import LLMError
-from .models import InvalidId, NodeRecord
+from .models import Budgets, InvalidId, NodeRecord
 from .runtime import build_engine, llm_configured, llm_source_for
 from .serve import add_serve_parser
 from .space import SpaceError, signature, space_tree
@@ -160,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd_run,
         "run a goal to the end, showing the tree live",
         (["goal"], {"help": "what the swarm should achieve"}),
-        (["--budget"], {"action": "append", "default": [], "metavar": "NAME=N", "help": "override a budget, e.g. max_nodes=50"}),
+        (["--budget"], {"action": "append", "default": [], "metavar": "NAME=N", "help": f"override a budget ({', '.join(Budgets.model_fields)}), e.g. max_nodes=50"}),
     )
     cmd("status", cmd_status, "show a swarm's status, usage and waiting questions", swarm_id)
     cmd("tree", cmd_tree, "show a swarm's node tree", swarm_id)
@@ -374,14 +375,30 @@ def _finish(engine: Engine, swarm_id: str, args, status: dict[str, Any], extra: 
 # --- commands ----------------------------------------------------------------------
 
 
+def _budgets(engine: Engine, items: list[str]) -> dict[str, int]:
+    """`--budget NAME=N` overrides, checked before anything is printed or a model is needed."""
+    names = ", ".join(Budgets.model_fields)
+    budgets = {}
+    for item in items:
+        name, _, value = (part.strip() for part in item.partition("="))
+        if not name:
+            raise UsageError(f"--budget {item!r}: the budget's name is missing (one of {names})")
+        if name not in Budgets.model_fields:
+            raise UsageError(f"--budget {item!r}: unknown budget {name!r} (one of {names})")
+        if not (value.isascii() and value.isdigit()):  # "²".isdigit() is True, int("²") fails
+            raise UsageError(f"--budget wants NAME=N, got {item!r}")
+        budgets[name] = int(value)
+    try:
+        Budgets.model_validate({**engine.blueprint.budgets.model_dump(), **budgets})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"--budget {first['loc'][0]}: {first['msg']}") from None
+    return budgets
+
+
 def cmd_run(args) -> int:
     engine = _engine(args)
-    budgets = {}
-    for item in args.budget:
-        name, _, value = item.partition("=")
-        if not value.isdigit():
-            raise UsageError(f"--budget wants NAME=N, got {item!r}")
-        budgets[name.strip()] = int(value)
+    budgets = _budgets(engine, args.budget)
     source = llm_source_for(check_goal(args.goal), engine.blueprint)
     if source.startswith("recording:") and not args.json:
         err.print(
