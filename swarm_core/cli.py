@@ -181,7 +181,12 @@ def _parser() -> argparse.ArgumentParser:
         swarm_id,
         (["--out"], {"metavar": "FILE", "help": "also write it to FILE"}),
     )
-    cmd("list", cmd_list, "list swarms, newest first", (["--limit"], {"type": int, "default": 50}))
+    cmd(
+        "list",
+        cmd_list,
+        "list swarms, newest first",
+        (["--limit"], {"type": _at_least_one, "default": 50, "metavar": "N", "help": "list at most N swarms (default: 50)"}),
+    )
     cmd(
         "answer",
         cmd_answer,
@@ -226,6 +231,12 @@ def _parser() -> argparse.ArgumentParser:
     act("move", cmd_actions_move, "move an entry into another folder", (["id"], {"metavar": "ID"}), (["parent"], {"metavar": "FOLDER"}))
     act("rm", cmd_actions_rm, "remove an entry (its versions stay in storage)", (["id"], {"metavar": "ID"}))
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"wants a number of at least 1, got {text!r}")
+    return int(text)
 
 
 def _engine(args) -> Engine:
@@ -513,17 +524,21 @@ def cmd_snapshot(args) -> int:
 def cmd_list(args) -> int:
     engine = _engine(args)
     rows = []
-    for sid in engine.swarm_ids()[: args.limit]:
+    ids = engine.swarm_ids()
+    more = max(len(ids) - args.limit, 0)
+    for sid in ids[: args.limit]:
         try:
             h = engine.header(sid)
             rows.append({"swarm_id": sid, "status": h.status, "goal": h.goal, "created_at": h.created_at, "llm_source": h.llm_source})
         except SwarmError as exc:
             rows.append({"swarm_id": sid, "status": "unreadable", "goal": str(exc), "created_at": None, "llm_source": None})
     if args.json:
-        print(json.dumps({"swarms": rows}))
+        print(json.dumps({"swarms": rows, "more": more}))
     else:
         for r in rows:
             out.print(f"{r['swarm_id']}  {r['status']:<10} {r['created_at'] or '':<30} {_short(r['goal'], 70)}", highlight=False, markup=False)
+        if more:
+            err.print(f"{more} more swarm(s); --limit N lists more", highlight=False)
         if not rows:
             err.print(f"no swarms in {engine.state.uri}")
     return 0

@@ -61,6 +61,19 @@ def test_demo_runs_offline_from_the_shipped_recording(tmp_path):
     assert replay["identical"] is True and replay["replay_of"] == sid and replay["status"] == "done"
 
 
+def test_list_says_how_many_more_its_limit_left_out(tmp_path):
+    store = f"file://{tmp_path}"
+    newest = [_demo_swarm(store), _demo_swarm(store)][-1]
+    listed = json.loads(swarm("list", "--limit", "1", "--json", "--store", store, check=0).stdout)
+    assert [s["swarm_id"] for s in listed["swarms"]] == [newest] and listed["more"] == 1
+    assert json.loads(swarm("list", "--json", "--store", store, check=0).stdout)["more"] == 0
+    proc = swarm("list", "--limit", "1", "--store", store, check=0)
+    assert proc.stdout.startswith(newest) and len(proc.stdout.splitlines()) == 1
+    assert "1 more swarm(s); --limit N lists more" in proc.stderr
+    for bad in ("0", "-1"):
+        assert "argument --limit: wants a number of at least 1" in swarm("list", "--limit", bad, "--store", store, check=2).stderr
+
+
 def test_version_is_the_installed_package_version():
     import tomllib
 
