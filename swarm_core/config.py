@@ -86,7 +86,7 @@ class FactorySettings(_Section):
     sample_temperature: float = Field(0.8, ge=0, le=2)  # their temperature: drafts must differ to help
     code_answer: Literal["json", "text"] = "json"  # code inside the structured answer, or in a Markdown block
     folder: str = "functions"  # the folder new functions are filed in
-    prompts: str = "factory"  # folder of the factory's prompts, relative to the blueprint (else the default's)
+    prompts: str = "factory"  # folder of the factory's prompts, relative to the blueprint (when unset and missing: the default's)
 
 
 class SwarmBlueprint(_Section):
@@ -130,9 +130,13 @@ def load_blueprint(path: str | os.PathLike | None = None) -> SwarmBlueprint:
     for (section, key), var in overridden.items():
         raw.setdefault(section, {})[key] = os.environ[var]
     try:
-        return SwarmBlueprint.model_validate(raw)
+        blueprint = SwarmBlueprint.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(str(p) for p in first["loc"])
         source = overridden.get(loc[:2]) or file
         raise ConfigError(f"blueprint setting {'.'.join(loc) or '(top level)'} from {source}: {first['msg']}") from None
+    prompts = blueprint.root / blueprint.factory.prompts
+    if blueprint.factory.prompts != FactorySettings().prompts and not prompts.is_dir():  # a typo, not the default's fallback
+        raise ConfigError(f"blueprint setting factory.prompts from {file}: folder {prompts} not found")
+    return blueprint

@@ -120,6 +120,20 @@ def test_a_bad_setting_is_one_line_naming_the_setting_and_its_source(tmp_path, s
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.parametrize(
+    "setting, needle",
+    [
+        ('[router]\nfallback = "nope_action"', "[router] fallback 'nope_action' is not a routable action"),
+        ('[factory]\nprompts = "factroy"', "blueprint setting factory.prompts from {file}: folder {dir}/factroy not found"),
+    ],
+)
+def test_a_setting_naming_what_does_not_exist_is_refused_at_start(tmp_path, setting, needle):
+    file = tmp_path / "blueprint.toml"
+    file.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\n{setting}\n')
+    proc = swarm("list", "--blueprint", str(file), "--store", f"file://{tmp_path}", check=2)
+    assert needle.format(file=file, dir=tmp_path) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_corrupted_record_names_the_key_and_keeps_the_bytes(tmp_path):
     store = f"file://{tmp_path}"
     sid = json.loads(swarm("run", DEMO_GOAL, "--store", store, "--json", check=0).stdout)["swarm_id"]
