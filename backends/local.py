@@ -73,10 +73,7 @@ class FileStore(Store):
         self.fs = fsspec.filesystem("file")
         self._made: set[str] = set()
         self._lock = threading.Lock()
-        try:
-            os.makedirs(self.root, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create store folder {self.root}: {exc}") from exc
+        # The root is made by the first write: a read of a mistyped path must not create it.
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, check_key(key))

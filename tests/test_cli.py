@@ -134,6 +134,15 @@ def test_a_setting_naming_what_does_not_exist_is_refused_at_start(tmp_path, sett
     assert needle.format(file=file, dir=tmp_path) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.parametrize(
+    "args, code",
+    [(["run", ""], 2), (["status", "sw_00000000000000000000000000"], 2), (["tree", "sw_00000000000000000000000000"], 2), (["list"], 0)],
+)
+def test_a_command_that_writes_nothing_makes_no_store_folder(tmp_path, args, code):
+    swarm(*args, "--store", f"file://{tmp_path}/typo", check=code)
+    assert not (tmp_path / "typo").exists()
+
+
 def test_corrupted_record_names_the_key_and_keeps_the_bytes(tmp_path):
     store = f"file://{tmp_path}"
     sid = json.loads(swarm("run", DEMO_GOAL, "--store", store, "--json", check=0).stdout)["swarm_id"]
