@@ -81,6 +81,15 @@ def test_version_is_the_installed_package_version():
     assert swarm("--version", check=0).stdout.strip() == f"swarm {expected}"
 
 
+def test_every_environment_variable_read_is_in_the_readme():
+    import re
+
+    code = "".join(p.read_text() for d in ("swarm_core", "functions", "backends") for p in (REPO / d).glob("*.py"))
+    read = set(re.findall(r"""(?:environ\.get\(|environ\[|env_int\()["'](SWARM_[A-Z_]+)""", code))
+    assert read >= {"SWARM_STORE", "SWARM_SANDBOX_CACHE", "SWARM_DELIVERY_ATTEMPTS"}
+    assert not {v for v in read if v not in (REPO / "README.md").read_text()}
+
+
 @pytest.mark.parametrize(
     "args, code, needle",
     [
