@@ -92,11 +92,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        asked = argparse.Namespace(json="--json" in (sys.argv[1:] if argv is None else argv))
+        return _fail(asked, str(exc), 2)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        return _help(parser, args)
     try:
         return args.func(args)
     except Interrupted as exc:
@@ -130,6 +133,20 @@ def _fail(args, message: str, code: int, **extra: Any) -> int:
     return code
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would exit here; `main` reports it, as JSON too with --json
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def _help(parser: argparse.ArgumentParser, args) -> int:
+    """`swarm` or a command group without its command: the help, or with --json one JSON error."""
+    if args.json:
+        return _fail(args, f"{parser.prog} needs a command; {parser.prog} --help lists them", 2)
+    parser.print_help()
+    return 2
+
+
 def _parser() -> argparse.ArgumentParser:
     def options(suppress: bool) -> argparse.ArgumentParser:
         # Accepted before and after the command; the command's copy must not reset the other's value.
@@ -141,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     common = options(suppress=True)
-    parser = argparse.ArgumentParser(prog="swarm", description=__doc__.split("\n")[0], parents=[options(suppress=False)])
+    parser = _Parser(prog="swarm", description=__doc__.split("\n")[0], parents=[options(suppress=False)])
     parser.add_argument("--version", action="version", version=f"swarm {_version()}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
@@ -200,7 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     def group(name, help):
         p = sub.add_parser(name, help=help, description=help, parents=[common])
         inner = p.add_subparsers(metavar="COMMAND")
-        p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+        p.set_defaults(func=lambda args: _help(p, args))
 
         return lambda cmd_name, func, cmd_help, *arguments: command(inner, cmd_name, func, cmd_help, *arguments)
 

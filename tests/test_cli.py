@@ -152,6 +152,17 @@ def test_a_command_that_writes_nothing_makes_no_store_folder(tmp_path, args, cod
     assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["status"], "the following arguments are required: ID"), (["nope"], "invalid choice: 'nope'"), (["fn"], "swarm fn needs a command")],
+)
+def test_a_usage_error_with_json_is_one_json_object_too(args, needle):
+    proc = swarm(*args, "--json", check=2)
+    out = json.loads(proc.stdout)
+    assert out["exit_code"] == 2 and needle in out["error"] and needle in proc.stderr
+    assert swarm(*args, check=2).stdout == ("" if args != ["fn"] else swarm("fn", "--help").stdout)
+
+
 def test_corrupted_record_names_the_key_and_keeps_the_bytes(tmp_path):
     store = f"file://{tmp_path}"
     sid = json.loads(swarm("run", DEMO_GOAL, "--store", store, "--json", check=0).stdout)["swarm_id"]
