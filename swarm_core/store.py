@@ -114,6 +114,8 @@ BACKENDS: dict[str, str] = {
     "s3": "backends.s3:S3Store",
     "firestore": "backends.firestore:FirestoreStore",
 }
+# backend module -> the extra (pyproject.toml) that installs its cloud SDKs
+EXTRAS = {"backends.gcs": "gcp", "backends.firestore": "gcp", "backends.azure": "azure", "backends.s3": "aws"}
 
 
 def _load(path: str) -> type[Store]:
@@ -121,7 +123,8 @@ def _load(path: str) -> type[Store]:
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
-        raise StoreError(f"cannot load storage adapter {path!r}: {exc}") from exc
+        hint = f" (pip install -e '.[{EXTRAS[module]}]' installs it)" if isinstance(exc, ImportError) and module in EXTRAS else ""
+        raise StoreError(f"cannot load storage adapter {path!r}: {exc}{hint}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Store)):
         raise StoreError(f"storage adapter {path!r} is not a swarm_core.store.Store subclass")
     return cls

@@ -163,6 +163,18 @@ def test_a_usage_error_with_json_is_one_json_object_too(args, needle):
     assert swarm(*args, check=2).stdout == ("" if args != ["fn"] else swarm("fn", "--help").stdout)
 
 
+@pytest.mark.parametrize(
+    "uri, sdk, extra",
+    [("s3://b", "boto3", "aws"), ("gs://b", "gcsfs", "gcp"), ("firestore://p", "google", "gcp"), ("az://c", "adlfs", "azure")],
+)
+def test_a_cloud_store_without_its_sdk_says_which_extra_installs_it(tmp_path, uri, sdk, extra):
+    # the SDK hidden (None in sys.modules fails its import) whether or not this machine has it
+    run = f"import sys; sys.modules[{sdk!r}] = None; from swarm_core.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", run, "list", "--store", uri], capture_output=True, text=True, env=CLEAN_ENV, cwd=tmp_path)
+    assert proc.returncode == 2 and f"pip install -e '.[{extra}]'" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_corrupted_record_names_the_key_and_keeps_the_bytes(tmp_path):
     store = f"file://{tmp_path}"
     sid = json.loads(swarm("run", DEMO_GOAL, "--store", store, "--json", check=0).stdout)["swarm_id"]
