@@ -26,7 +26,7 @@ from rich.tree import Tree
 
 from .actions import ActionError, ActionSpec, FolderSpec
 from .config import ConfigError
-from .engine import CorruptRecord, Engine, SwarmError, check_goal
+from .engine import CorruptRecord, Engine, SwarmError, UnknownSwarm, check_goal
 from .executor import FunctionError
 from .factory import Functions
 from .llm import LLMError
@@ -106,6 +106,8 @@ def _main(argv: list[str] | None) -> int:
         return _fail(args, str(exc), exc.code, swarm_id=exc.swarm_id)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", 130)
+    except UnknownSwarm as exc:  # the default store depends on the current folder: say which was searched
+        return _fail(args, f"{exc} in {args.engine.state.uri}" if getattr(args, "engine", None) else str(exc), 2)
     except (UsageError, SwarmError, InvalidId, ConfigError, SpaceError) as exc:
         code = 1 if isinstance(exc, CorruptRecord) else 2
         return _fail(args, str(exc), code)
@@ -257,7 +259,8 @@ def _at_least_one(text: str) -> int:
 
 
 def _engine(args) -> Engine:
-    return build_engine(args.blueprint, store=args.store)
+    args.engine = build_engine(args.blueprint, store=args.store)
+    return args.engine
 
 
 # --- rendering ---------------------------------------------------------------------

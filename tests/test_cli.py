@@ -95,7 +95,7 @@ def test_every_environment_variable_read_is_in_the_readme():
     [
         (["status", "sw_../../etc/passwd"], 2, "invalid swarm id"),
         (["tree", "../../x"], 2, "invalid swarm id"),
-        (["status", "sw_00000000000000000000000000"], 2, "unknown swarm"),
+        (["status", "sw_00000000000000000000000000"], 2, "unknown swarm sw_00000000000000000000000000 in file:///"),
         (["run", ""], 2, "the goal is empty"),
         (["run", "x" * 20001], 2, "limit is 20000"),
         (["run", "an unrecorded goal"], 2, "no LLM configured"),
