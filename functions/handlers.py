@@ -337,7 +337,7 @@ def _run(eng: Engine, swarm_id: str, bp: NodeBlueprint, fields: dict[str, Any], 
                 raise
             error = f"execute_node of {bp.node_id} failed on its last delivery: {type(exc).__name__}: {exc}"
             logging.getLogger("swarm").exception("giving up %s/%s", swarm_id, bp.node_id)
-            give_up(eng, swarm_id, bp, error, claimed=True)
+            give_up(eng, swarm_id, bp, error, claim=getattr(exc, "claim_attempt", None))
             status = eng.node(swarm_id, bp.node_id)[0].status
     fields["status"] = status
     if undelivered:

@@ -71,9 +71,9 @@ def payload(swarm_id: str, blueprint: NodeBlueprint) -> bytes:
     return json.dumps({"swarm_id": swarm_id, "node": blueprint.model_dump(mode="json")}).encode()
 
 
-def give_up(engine: Engine, swarm_id: str, blueprint: NodeBlueprint, error: str, *, claimed: bool = False) -> bool:
+def give_up(engine: Engine, swarm_id: str, blueprint: NodeBlueprint, error: str, *, claim: int | None = None) -> bool:
     """Fail a node whose delivery keeps failing (see `Engine.fail_node`), and log it."""
-    if not engine.fail_node(swarm_id, blueprint, error, claimed=claimed):
+    if not engine.fail_node(swarm_id, blueprint, error, claim=claim):
         return False
     log.error(json.dumps({"severity": "ERROR", "swarm_id": swarm_id, "node_id": blueprint.node_id, "gave_up": error}))
     return True

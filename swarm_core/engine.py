@@ -59,6 +59,7 @@ log = logging.getLogger("swarm")
 # resumes. Its record starts with that call as `committed`: a child that makes none gives it
 # back through its report (usage - committed = -1) when the parent resumes.
 RESERVED = Usage(llm_calls=1)
+STALE = "a later claim of this round counted its spawn"  # what _bump answers a spawn that was taken over
 JOIN_GROUP = 32  # a wide parallel join reports in groups of this many: each child lists O(group + size/group) keys
 M = TypeVar("M", bound=BaseModel)
 MAX_GOAL_CHARS = 20_000
@@ -258,7 +259,7 @@ class Engine:
             self._fan_out(header, rec, recovering=True)  # re-delivery after a crash mid-spawn
             return rec.status
         if not resuming and bp.round == current and rec.status in TERMINAL:
-            self._terminate(header, rec)  # re-delivery after a crash mid-termination
+            self._terminate(header, rec, recovering=True)  # re-delivery after a crash mid-termination
             return rec.status
         if not resuming and not (bp.round == current and rec.status == "pending"):
             if rec.status == "running" and rec.lease_until and rec.lease_until < time.time() and bp.round == current:
@@ -281,14 +282,16 @@ class Engine:
         )
         if not self.state.swap(self.node_key(swarm_id, bp.node_id), dump(claimed), version):
             return "running"  # another delivery claimed it first
+        if rec.status == "running":  # taken over: a spawn the dead claim counted will never stand
+            self._bump(swarm_id, unspawn=(f"{bp.node_id}/{bp.round}", rec.attempt))
         try:
             reports = None
             if resuming and was == "waiting_children":
-                reports = self.read_join(swarm_id, bp.node_id, bp.round - 1)
-                self._bump(swarm_id, join=f"{bp.node_id}/{bp.round - 1}", **_usage_delta(sum((r.usage for r in reports), Usage())))
+                reports = self._count_join(swarm_id, bp.node_id, bp.round - 1)
             outcome, session, reserved = self._run(header, claimed, reports)
             settled = self._settle(header, claimed, outcome, session, reserved)
-        except Exception:
+        except Exception as exc:
+            exc.claim_attempt = claimed.attempt  # type: ignore[attr-defined]  # for fail_node, if this was the last try
             self._unclaim(swarm_id, rec, claimed)
             raise
         rec = settled
@@ -308,6 +311,12 @@ class Engine:
                 )
             )
         return rec.status
+
+    def _count_join(self, swarm_id: str, parent_id: str, round: int) -> list[ChildReport]:
+        """Add a join's reports to the counters, once whoever resumes the parent; return them."""
+        reports = self.read_join(swarm_id, parent_id, round)
+        self._bump(swarm_id, join=f"{parent_id}/{round}", **_usage_delta(sum((r.usage for r in reports), Usage())))
+        return reports
 
     def _unclaim(self, swarm_id: str, before: NodeRecord, claimed: NodeRecord) -> None:
         """A delivery failed after claiming its node and before settling it (a store error, say):
@@ -338,21 +347,26 @@ class Engine:
         self._event(swarm_id, Event(kind="answered", node_id=node_id, round=rec.blueprint.round, data={"answer": text}))
         self.dispatcher.dispatch(swarm_id, rec.blueprint.model_copy(update={"round": rec.blueprint.round + 1}))
 
-    def fail_node(self, swarm_id: str, blueprint: NodeBlueprint, error: str, *, claimed: bool = False) -> bool:
+    def fail_node(self, swarm_id: str, blueprint: NodeBlueprint, error: str, *, claim: int | None = None) -> bool:
         """Give up on a delivery that keeps failing: mark the node failed with `error` and terminate
         it like any failed node, so its parent resumes and the swarm still ends. Only while the
         record is where this delivery would have taken it from (pending, or waiting for this
-        resume); `claimed` also allows `running` (the claimer itself crashed). True if failed here."""
+        resume); `claim`, the attempt a crashed delivery had claimed (`claim_attempt` on the
+        exception `execute_node` raised), also allows that claim, still `running`. True if failed here."""
         rec, version = self.node(swarm_id, blueprint.node_id)
         current = rec.blueprint.round
         first_run = rec.status == "pending" and blueprint.round == current
         resume = rec.status in ("waiting_children", "waiting_user") and blueprint.round == current + 1
-        mine = claimed and rec.status == "running" and blueprint.round == current
+        mine = claim is not None and (rec.status, rec.attempt, current) == ("running", claim, blueprint.round)
         if not (first_run or resume or mine):
-            return False  # terminal, or it moved on without this delivery
+            return False  # terminal, or it moved on without this delivery (or another holds it)
         header = self.header(swarm_id)
+        if resume and rec.status == "waiting_children":  # what the resume would have counted
+            self._count_join(swarm_id, rec.node_id, current)
+        if mine:  # its spawn, if it counted one before it crashed, will never stand
+            self._bump(swarm_id, unspawn=(f"{rec.node_id}/{current}", claim))
         fail = Fail(error=error)
-        failed = rec.model_copy(
+        failed = (_spent(rec) if mine else rec).model_copy(
             update={"status": "failed", "error": error, "outcome": fail, "lease_until": None, "updated_at": now()}
         )
         if not self.state.swap(self.node_key(swarm_id, rec.node_id), dump(failed), version):
@@ -386,6 +400,7 @@ class Engine:
                         }
                     )
                 if self.state.swap(self.node_key(swarm_id, rec.node_id), dump(back), version):
+                    self._bump(swarm_id, unspawn=(f"{rec.node_id}/{rec.blueprint.round}", rec.attempt))
                     self.dispatcher.dispatch(swarm_id, rec.blueprint)
                     sent += 1
             elif rec.status == "pending" and (rec.join is None or rec.join.mode == "parallel" or rec.join.index == 0):
@@ -449,9 +464,14 @@ class Engine:
         # A late worker's outcome event can land after the takeover's, just before its record
         # write loses: its `superseded` event names it.
         dropped = {(e.node_id, e.round, e.data.get("attempt")) for e in events if e.kind == "superseded"}
-        for event in events:
-            if event.kind != "outcome" or (event.node_id, event.round, event.data.get("attempt")) in dropped:
-                continue
+        # A crash between a node's outcome event and its record write leaves that attempt's event
+        # before the re-run's: the last one stands.
+        stood = {
+            (e.node_id, e.round): e
+            for e in events
+            if e.kind == "outcome" and (e.node_id, e.round, e.data.get("attempt")) not in dropped
+        }
+        for event in stood.values():
             outcome = event.data.get("outcome", {})
             if outcome.get("kind") == "fail" and outcome.get("error", "").startswith("budget "):
                 stops[f"{event.node_id}/{event.round}"] = outcome["error"]
@@ -541,24 +561,48 @@ class Engine:
         return check
 
     def _bump(
-        self, swarm_id: str, check: Callable[[Counters], str | None] | None = None, join: str | None = None, **delta: int
+        self,
+        swarm_id: str,
+        check: Callable[[Counters], str | None] | None = None,
+        join: str | None = None,
+        spawn: tuple[str, int, int] | None = None,
+        unspawn: tuple[str, int] | None = None,
+        **delta: int,
     ) -> str | None:
         """Add to the swarm's counters by compare-and-swap; `check` may veto with a reason.
-        `join` ("<parent>/<round>") adds a join's reports once, whoever resumes the parent."""
-        if check is None and not any(delta.values()):
+
+        `join` ("<parent>/<round>"): `delta` is that join's reports, added once whoever resumes
+        the parent. `spawn` ("<node>/<round>", attempt, children): `delta` counts that spawn.
+        It replaces the spawn an earlier claim of the round counted before it died; if a later
+        claim's is there, nothing is added and STALE is returned. `unspawn` ("<node>/<round>",
+        attempt): take that claim's spawn back out, if it is still the one counted."""
+        if check is None and spawn is None and unspawn is None and not any(delta.values()):
             return None
         key = self.key(swarm_id, "counters.json")
         for attempt in range(1000):
             counters, version = self.counters(swarm_id)
             if join in counters.joins:
                 return None  # counted by an earlier delivery of this resume (taken over, or handed back)
-            if check and (reason := check(counters)):
+            base, spawns = counters, dict(counters.spawns)
+            if spawn or unspawn:
+                round_key, claim = (spawn or unspawn)[:2]  # type: ignore[index]
+                prev = spawns.get(round_key)
+                if spawn and prev and prev[0] > claim:
+                    return STALE
+                if prev and (spawn or prev[0] == claim):  # replaced, or taken back
+                    gone = {"nodes": counters.nodes - prev[1], "llm_calls": counters.llm_calls - prev[1] * RESERVED.llm_calls}
+                    base = counters.model_copy(update=gone)
+                    del spawns[round_key]
+                if spawn:
+                    spawns[round_key] = [claim, spawn[2]]
+            if check and (reason := check(base)):
                 return reason
-            update: dict[str, Any] = {k: getattr(counters, k) + v for k, v in delta.items()}
+            update: dict[str, Any] = {k: getattr(base, k) + v for k, v in delta.items()}
             if join is not None:
                 update["joins"] = counters.joins + [join]
-            updated = counters.model_copy(update=update)
-            if self.state.swap(key, dump(updated), version):
+                spawns.pop(join, None)  # that round's spawn stood: its entry has done its job
+            updated = base.model_copy(update={**update, "spawns": spawns})
+            if updated == counters or self.state.swap(key, dump(updated), version):
                 return None
             time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
         raise StoreError(f"could not update {key}: too much contention")
@@ -570,32 +614,27 @@ class Engine:
         the node taken over, and drops its outcome rather than spawn or report a second time.
         The record's final write is a compare-and-swap against the version checked here.
         `reserved`: the calls `_run` reserved in the counters, now committed like the spawn's."""
-        swarm_id, b = header.swarm_id, header.budgets
+        swarm_id = header.swarm_id
         key = self.node_key(swarm_id, rec.node_id)
         rec = rec.model_copy(update={"committed": rec.committed + reserved})
         own = rec.usage + session.usage - rec.committed  # this delivery's usage not in the counters
         current, version = self.node(swarm_id, rec.node_id)
         if not _holds(current, rec):
             return self._superseded(swarm_id, current, rec, session, own)
-        counted: dict[str, int] = {}  # what the spawn added to the counters
+        spawned = None  # ("<node>/<round>", attempt) once the spawn is counted
         try:
             if isinstance(outcome, Spawn):
-                outcome, counted = self._count_spawn(header, rec.blueprint, outcome, own)
-                if counted:
+                outcome, spawned = self._count_spawn(header, rec, outcome, own)
+                if spawned:
                     rec = rec.model_copy(update={"committed": rec.usage + session.usage})
-            self._event(
-                swarm_id,
-                Event(
-                    kind="outcome",
-                    node_id=rec.node_id,
-                    round=rec.blueprint.round,
-                    data={"action": rec.blueprint.action, "attempt": rec.attempt, "outcome": outcome.model_dump()},
-                    llm_calls=session.calls,
-                ),
-            )
+            if outcome is not None:  # None: a later claim of this round counted its spawn (a takeover)
+                data = {"action": rec.blueprint.action, "attempt": rec.attempt, "outcome": outcome.model_dump()}
+                self._event(swarm_id, Event(kind="outcome", node_id=rec.node_id, round=rec.blueprint.round, data=data, llm_calls=session.calls))
         except Exception:  # the claim is handed back and the node runs again: count this run as dropped
-            self._recount(swarm_id, own, counted)
+            self._recount(swarm_id, own, spawned)
             raise
+        if outcome is None:
+            return self._superseded(swarm_id, self.node(swarm_id, rec.node_id)[0], rec, session, own)
         update: dict[str, Any] = {"outcome": outcome, "usage": rec.usage + session.usage, "lease_until": None, "updated_at": now()}
         if isinstance(outcome, Spawn):
             update.update(status="waiting_children", children=rec.children + [c.node_id for c in outcome.children])
@@ -607,25 +646,27 @@ class Engine:
             update.update(status="failed", error=outcome.error)
         settled = rec.model_copy(update=update)
         if not self.state.swap(key, dump(settled), version):  # taken over since the check above
-            return self._superseded(swarm_id, self.node(swarm_id, rec.node_id)[0], rec, session, own, counted)
+            return self._superseded(swarm_id, self.node(swarm_id, rec.node_id)[0], rec, session, own, spawned)
         if isinstance(outcome, Spawn):
             self._fan_out(header, settled)
         elif not isinstance(outcome, AskUser):
             self._terminate(header, settled)
         return settled
 
-    def _count_spawn(self, header: SwarmHeader, bp: NodeBlueprint, spawn: Spawn, own: Usage) -> tuple[Spawn | Fail, dict[str, int]]:
+    def _count_spawn(self, header: SwarmHeader, rec: NodeRecord, spawn: Spawn, own: Usage) -> tuple[Spawn | Fail | None, tuple[str, int] | None]:
         """Check a spawn against the budgets and count it (nodes, this delivery's usage, one
         reserved call per child) in one compare-and-swap. Returns the outcome (a Fail naming the
-        budget if vetoed) and what was added to the counters. A replay refuses the spawns its
-        recording refused, and only those."""
-        b, n = header.budgets, len(spawn.children)
+        budget if vetoed; None if a later claim of the round has counted its own spawn) and, if
+        counted, ("<node>/<round>", attempt), which `_recount` can take back. A replay refuses
+        the spawns its recording refused, and only those."""
+        b, n, bp = header.budgets, len(spawn.children), rec.blueprint
         deep = [c.node_id for c in spawn.children if c.depth > b.max_depth]
         if deep:
-            return Fail(error=f"budget max_depth={b.max_depth} exceeded by {', '.join(deep[:3])}"), {}
+            return Fail(error=f"budget max_depth={b.max_depth} exceeded by {', '.join(deep[:3])}"), None
+        round_key = f"{bp.node_id}/{bp.round}"
         recording = self.transport_for(header)
-        if isinstance(recording, RecordedTransport) and (stop := recording.stops.get(f"{bp.node_id}/{bp.round}")):
-            return Fail(error=stop), {}
+        if isinstance(recording, RecordedTransport) and (stop := recording.stops.get(round_key)):
+            return Fail(error=stop), None
         delta = {"nodes": n, **_usage_delta(own)}
         delta["llm_calls"] += n * RESERVED.llm_calls  # each child's first call, reserved now
 
@@ -640,21 +681,25 @@ class Engine:
             return None
 
         replaying = isinstance(recording, RecordedTransport)
-        veto = self._bump(header.swarm_id, check=None if replaying else check, **delta)
-        return (Fail(error=veto), {}) if veto else (spawn, delta)
+        veto = self._bump(header.swarm_id, check=None if replaying else check, spawn=(round_key, rec.attempt, n), **delta)
+        if veto == STALE:
+            return None, None
+        return (Fail(error=veto), None) if veto else (spawn, (round_key, rec.attempt))
 
-    def _recount(self, swarm_id: str, own: Usage, counted: dict[str, int]) -> None:
+    def _recount(self, swarm_id: str, own: Usage, spawned: tuple[str, int] | None) -> None:
         """A delivery whose outcome will not stand (taken over, or handed back after an error):
-        leave in the counters only what it spent (`own`), not the spawn it counted. Best effort:
-        if the store fails too, the counters stay high, which errs on the side of the budgets."""
-        delta = {"nodes": 0, **_usage_delta(own)}
+        leave in the counters what it spent (`own`), not the spawn it counted. Best effort: if
+        the store fails too, the counters stay high until a later claim's spawn replaces it."""
         try:
-            self._bump(swarm_id, **{k: v - counted.get(k, 0) for k, v in delta.items()})
+            if spawned:  # its usage went in with the spawn, and stays
+                self._bump(swarm_id, unspawn=spawned)
+            else:
+                self._bump(swarm_id, **_usage_delta(own))
         except Exception:
             log.warning("could not correct the counters of %s", swarm_id, exc_info=True)
 
     def _superseded(
-        self, swarm_id: str, current: NodeRecord, mine: NodeRecord, session: LLMSession, own: Usage, counted: dict[str, int] | None = None
+        self, swarm_id: str, current: NodeRecord, mine: NodeRecord, session: LLMSession, own: Usage, spawned: tuple[str, int] | None = None
     ) -> NodeRecord:
         """Drop the outcome of a delivery whose claim was taken over. Its LLM calls were paid for:
         they stay in the counters and, as a `superseded` event, go into the history (replay
@@ -664,7 +709,7 @@ class Engine:
             "its outcome is dropped, its %d LLM calls are counted",
             swarm_id, mine.node_id, mine.attempt, current.status, current.attempt, session.usage.llm_calls,
         )
-        self._recount(swarm_id, own, counted or {})
+        self._recount(swarm_id, own, spawned)
         data = {"action": mine.blueprint.action, "attempt": mine.attempt, "taken_over_by": current.attempt}
         self._event(swarm_id, Event(kind="superseded", node_id=mine.node_id, round=mine.blueprint.round, data=data, llm_calls=session.calls))
         return current

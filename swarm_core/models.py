@@ -214,6 +214,8 @@ class Counters(Model):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     joins: list[str] = Field(default_factory=list)  # "<parent>/<round>": joins whose reports are counted
+    # "<node>/<round>": [attempt, children] of the spawn counted for that round, until its join is
+    spawns: dict[str, list[int]] = Field(default_factory=dict)
 
 
 class LLMCall(Model):

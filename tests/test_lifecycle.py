@@ -645,32 +645,50 @@ def test_a_worker_that_outlived_its_lease_cannot_settle_a_node_taken_over():
     assert '"a"' in engine.recorded_answers(sid)["root/0/0"]["text"]  # a replay follows the takeover
 
 
-def test_a_takeover_after_the_claim_check_wins_over_the_late_worker():
+@pytest.mark.parametrize("moment", ["counting its spawn", "writing its outcome"])
+def test_a_takeover_after_the_claim_check_wins_over_the_late_worker(moment):
     # The late worker passed the claim check in _settle, then the node was taken over (and
-    # settled) while it counted its spawn. Its outcome event lands after the takeover's; its
-    # record write (compare-and-swap) loses; the replay must still follow the takeover.
+    # settled) while it counted its spawn, or after that, while it wrote its outcome event
+    # (which then lands after the takeover's). Its record write (compare-and-swap) loses, the
+    # replay follows the takeover, and the counters hold the takeover's spawn only.
     engine, d, sid, delivery = _late_worker_and_takeover()
-    real_swap, counted, took_over = engine.state.swap, [], []
+    took_over, started = [], []
 
-    def swap(key, data, version):
-        if key.endswith("counters.json") and not took_over:
-            counted.append(key)
-            if len(counted) == 2:  # the late worker's spawn (its first was its call's reservation)
-                time.sleep(0.1)  # the lease runs out
-                took_over.append(engine.execute_node(*delivery))
-        return real_swap(key, data, version)
+    def take_over():
+        started.append(True)
+        time.sleep(0.1)  # the lease runs out
+        took_over.append(engine.execute_node(*delivery))
 
-    engine.state.swap = swap
+    if moment == "counting its spawn":
+        real_swap, counted = engine.state.swap, []
+
+        def swap(key, data, version):
+            if key.endswith("counters.json") and not started:
+                counted.append(key)
+                if len(counted) == 2:  # the late worker's spawn (its first was its call's reservation)
+                    take_over()
+            return real_swap(key, data, version)
+
+        engine.state.swap = swap
+    else:
+        real_event = engine._event
+
+        def event(swarm_id, e):
+            if e.kind == "outcome" and not started:
+                take_over()
+            return real_event(swarm_id, e)
+
+        engine._event = event
     assert engine.execute_node(*delivery) == "waiting_children"
     assert took_over == ["waiting_children"]
     rec = engine.node(sid, "root")[0]
     assert [c.input["task"] for c in rec.outcome.children] == ["a", "b", "c"]
     assert [bp.input["task"] for _, bp in d.queue] == ["a", "b", "c"]
     outcomes = kinds(engine, sid, "outcome")
-    assert '"x"' in outcomes[-1].llm_calls[0].response  # the late worker's event came last
+    if moment == "writing its outcome":
+        assert '"x"' in outcomes[-1].llm_calls[0].response  # the late worker's event came last
     assert len(kinds(engine, sid, "superseded")) == 1
     assert '"a"' in engine.recorded_answers(sid)["root/0/0"]["text"]
-    # The late worker had counted its spawn of 2 before it lost: taken back, its paid call kept.
     counters = engine.counters(sid)[0]
     assert (counters.nodes, counters.llm_calls) == (4, 5)  # root + 3 children; 2 plans + 3 reserved
     _finish_by_hand(engine, d)
@@ -713,10 +731,10 @@ def test_a_takeover_spends_its_own_reservation_not_the_late_workers():
     assert len(made) == 2 and engine.counters(sid)[0].llm_calls == 2
 
 
-def test_the_reports_of_a_join_are_counted_once_whoever_resumes_the_parent():
-    # Step 0 fails after three calls; steps 1 and 2 are cancelled and give their reservations
-    # back (-1 each). The root's resume is delivered, handed back after a store error, and
-    # delivered again: the join's usage must reach the counters once, not twice.
+def _cancelled_steps_at_root_resume():
+    """Step 0 of a sequential plan fails after three calls; steps 1 and 2 are cancelled and give
+    their reservations back (-1 each). Returns the engine, its Recorder, the swarm id, the
+    root's resume delivery (not yet run) and the calls made."""
     made = []
 
     def responder(messages, schema_name, schema, key):
@@ -729,6 +747,13 @@ def test_the_reports_of_a_join_are_counted_once_whoever_resumes_the_parent():
     engine = make_engine(responder, dispatcher=d)
     sid, delivery = _to_root_resume(engine, d)
     assert [r.usage.llm_calls for r in engine.read_join(sid, "root", 0)] == [0, -1, -1]  # step 0's 3 calls were reserved
+    return engine, d, sid, delivery, made
+
+
+def test_the_reports_of_a_join_are_counted_once_whoever_resumes_the_parent():
+    # The root's resume is delivered, handed back after a store error, and delivered again:
+    # the join's usage must reach the counters once, not twice.
+    engine, d, sid, delivery, made = _cancelled_steps_at_root_resume()
     _fail_once_settling(engine, delivery)
     engine.execute_node(*delivery)
     _finish_by_hand(engine, d)
@@ -818,3 +843,52 @@ def test_a_blueprint_naming_a_missing_action_fails_at_start_up(setting, value, m
     with pytest.raises(ConfigError) as err:
         Engine(bp)
     assert message in str(err.value)
+
+
+def test_giving_up_a_resume_still_counts_its_join():
+    # The manager's resume delivery is given up (fail_node): the reports it would have added to
+    # the counters, the cancelled steps' give-backs included, must still be added, once.
+    engine, d, sid, delivery, made = _cancelled_steps_at_root_resume()
+    assert engine.fail_node(sid, delivery[1], "delivery gave up")
+    st = engine.status(sid)
+    assert st["status"] == "failed" and engine.counters(sid)[0].llm_calls == len(made) == 4
+
+
+def test_giving_up_a_last_delivery_fails_only_the_claim_it_made():
+    # The last delivery made its call, then the store failed, hand-back included: giving it up
+    # fails its own claim and counts the call. A duplicate that failed before claiming anything
+    # must not fail the node another delivery is running.
+    made = []
+
+    def responder(*a):
+        made.append(a[3])
+        return default_responder(subtasks=("a", "b"))(*a)
+
+    d = Recorder()
+    engine = make_engine(responder, dispatcher=d)
+    sid, _ = engine.load_goal("Do a thing")
+    engine.execute_node(*d.queue.pop(0))
+    leaf = d.queue.pop(0)
+    real_create, real_swap = engine.history.create, engine.state.swap
+
+    def create(key, data):
+        if "-root.0.0-0-outcome" in key:
+            raise StoreError("history store unavailable")
+        return real_create(key, data)
+
+    def swap(key, data, version):
+        if key.endswith("nodes/root.0.0.json") and b'"status":"pending"' in data:
+            raise StoreError("state store unavailable")  # the hand-back fails too
+        return real_swap(key, data, version)
+
+    engine.history.create, engine.state.swap = create, swap
+    with pytest.raises(StoreError) as err:
+        engine.execute_node(*leaf)
+    engine.history.create, engine.state.swap = real_create, real_swap
+    assert engine.node(sid, "root.0.0")[0].status == "running"
+    assert not engine.fail_node(sid, leaf[1], "a duplicate gave up", claim=None)  # not its claim
+    assert not engine.fail_node(sid, leaf[1], "an older claim gave up", claim=err.value.claim_attempt - 1)
+    assert engine.fail_node(sid, leaf[1], "gave up", claim=err.value.claim_attempt)
+    _finish_by_hand(engine, d)
+    assert engine.status(sid)["status"] == "done"
+    assert engine.counters(sid)[0].llm_calls == len(made)  # its call counted, though it never reported
