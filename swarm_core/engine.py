@@ -452,7 +452,8 @@ class Engine:
         return self.functions().create(description, progress)
 
     def recorded_answers(self, swarm_id: str) -> dict[str, dict[str, Any]]:
-        """Every LLM answer a swarm received, with its token counts, keyed `<node>/<round>/<seq>`."""
+        """Every LLM answer a swarm received (with its token counts, or the error the server
+        gave), keyed `<node>/<round>/<seq>`."""
         return self.replay_transport(swarm_id).answers
 
     def replay_transport(self, swarm_id: str) -> RecordedTransport:
@@ -480,7 +481,10 @@ class Engine:
                     answers[f"{event.node_id}/{event.round}/{call.seq}"] = {
                         "text": call.response, "prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
                     }
-        return RecordedTransport(answers, f"replay:{swarm_id}", stops)
+                elif call.error:  # the server failed: so does the replay, with the same error
+                    answers[f"{event.node_id}/{event.round}/{call.seq}"] = {"error": call.error}
+        said = {f"{e.node_id}/{e.round}": e.data["answer"] for e in events if e.kind == "answered"}
+        return RecordedTransport(answers, f"replay:{swarm_id}", stops, said)
 
     def _run(self, header: SwarmHeader, rec: NodeRecord, child_reports: list[ChildReport] | None):
         """Run the node's action. Returns its outcome, its LLM session, and the calls it reserved
@@ -651,7 +655,15 @@ class Engine:
             self._fan_out(header, settled)
         elif not isinstance(outcome, AskUser):
             self._terminate(header, settled)
+        elif (said := self._recorded_answer(header, settled)) is not None:  # a replay: the user said it then
+            self.answer(swarm_id, settled.node_id, said)
         return settled
+
+    def _recorded_answer(self, header: SwarmHeader, rec: NodeRecord) -> str | None:
+        recording = self.transport_for(header)
+        if isinstance(recording, RecordedTransport):
+            return recording.user_answers.get(f"{rec.node_id}/{rec.blueprint.round}")
+        return None
 
     def _count_spawn(self, header: SwarmHeader, rec: NodeRecord, spawn: Spawn, own: Usage) -> tuple[Spawn | Fail | None, tuple[str, int] | None]:
         """Check a spawn against the budgets and count it (nodes, this delivery's usage, one

@@ -425,17 +425,24 @@ class RecordedTransport:
 
     The recording also decides the budgets, so that a replay gives the same tree whatever order
     its nodes run in: a recorded call is made, and `stops` (`{"<node_id>/<round>": error}`, the
-    budget failures of the recorded run) fail the same nodes with the same error."""
+    budget failures of the recorded run) fail the same nodes with the same error. A call that
+    failed (`{"error": ...}`) fails again with the same error; `user_answers`
+    (`{"<node_id>/<round>": text}`) answer the questions the user answered."""
 
-    def __init__(self, answers: dict[str, Any], source: str, stops: dict[str, str] | None = None):
+    def __init__(
+        self, answers: dict[str, Any], source: str, stops: dict[str, str] | None = None, user_answers: dict[str, str] | None = None
+    ):
         self.answers = answers
         self.source = source
         self.stops = stops or {}
+        self.user_answers = user_answers or {}
 
     def complete(self, messages, schema_name, schema, key, **_) -> Completion:
         if key not in self.answers:
             raise LLMError(f"the recording {self.source} has no answer for call {key} ({schema_name})")
         answer = self.answers[key]
+        if isinstance(answer, dict) and "error" in answer:
+            raise LLMError(answer["error"])
         if isinstance(answer, dict):
             return Completion(answer["text"], prompt_tokens=answer.get("prompt_tokens", 0), completion_tokens=answer.get("completion_tokens", 0))
         return Completion(answer, prompt_tokens=0, completion_tokens=0)

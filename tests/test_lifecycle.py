@@ -892,3 +892,23 @@ def test_giving_up_a_last_delivery_fails_only_the_claim_it_made():
     _finish_by_hand(engine, d)
     assert engine.status(sid)["status"] == "done"
     assert engine.counters(sid)[0].llm_calls == len(made)  # its call counted, though it never reported
+
+
+def test_a_replay_answers_the_questions_and_meets_the_errors_of_its_recording():
+    from swarm_core.llm import LLMError
+
+    def responder(messages, schema_name, schema, key):
+        if key == "root.0.0/0/0":
+            return {"report": "", "question": "Which colour?"}
+        if key == "root.0.1/0/0":
+            raise LLMError("LLM server http://llm:8000/v1 answered HTTP 503: overloaded")
+        return default_responder()(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    engine.answer(sid, "root.0.0", "blue")
+    assert engine.dispatcher.wait(10) and engine.status(sid)["status"] == "done"
+    replay, rid = _replay(engine, sid)
+    assert _tree(replay, rid) == _tree(engine, sid)
+    assert replay.node(rid, "root.0.0")[0].answer == "blue"
+    assert "HTTP 503: overloaded" in replay.node(rid, "root.0.1")[0].error
