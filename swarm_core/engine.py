@@ -280,7 +280,8 @@ class Engine:
                 "updated_at": now(),
             }
         )
-        if not self.state.swap(self.node_key(swarm_id, bp.node_id), dump(claimed), version):
+        claim = dump(claimed)
+        if not self.state.swap(self.node_key(swarm_id, bp.node_id), claim, version):
             return "running"  # another delivery claimed it first
         if rec.status == "running":  # taken over: a spawn the dead claim counted will never stand
             self._bump(swarm_id, unspawn=(f"{bp.node_id}/{bp.round}", rec.attempt))
@@ -289,7 +290,7 @@ class Engine:
             if resuming and was == "waiting_children":
                 reports = self._count_join(swarm_id, bp.node_id, bp.round - 1)
             outcome, session, reserved = self._run(header, claimed, reports)
-            settled = self._settle(header, claimed, outcome, session, reserved)
+            settled = self._settle(header, claimed, claim, outcome, session, reserved)
         except Exception as exc:
             exc.claim_attempt = claimed.attempt  # type: ignore[attr-defined]  # for fail_node, if this was the last try
             self._unclaim(swarm_id, rec, claimed)
@@ -540,22 +541,26 @@ class Engine:
         factory's calls) is reserved in the counters by compare-and-swap before it is made, so
         parallel siblings, which cannot see each other's usage, still hold max_llm_calls
         together. A node's first call was reserved by its spawn: it costs no write."""
-        b, before = header.budgets, sum((r.usage for r in previous), Usage())
+        b = header.budgets
+        # not in the counters before this delivery's calls: this node's, the earlier steps'
+        calls = rec.usage.llm_calls - rec.committed.llm_calls
+        tokens = rec.usage.tokens - rec.committed.tokens + sum(r.usage.tokens for r in previous)
+        before = sum(r.usage.llm_calls for r in previous)
         recording = session.transport if isinstance(session.transport, RecordedTransport) else None
 
         def check() -> None:
-            own = rec.usage - rec.committed + session.usage - reserved[0]
-            uncommitted = own + before
-            veto: Callable[[Counters], str | None] | None = lambda c: _llm_veto(b, c, uncommitted)
+            own_calls = calls + session.usage.llm_calls - reserved[0].llm_calls
+            spent = tokens + session.usage.tokens
+            veto: Callable[[Counters], str | None] | None = lambda c: _llm_veto(b, c, own_calls + before, spent)
             if recording is not None:  # the recording decides: a recorded call is made
                 if f"{session.key_prefix}/{len(session.calls)}" in recording.answers:
                     veto = None
                 elif stop := recording.stops.get(session.key_prefix):
                     raise BudgetExceeded(stop)
-            if own.llm_calls + 1 <= 0:  # covered by a reservation already in the counters
+            if own_calls + 1 <= 0:  # covered by a reservation already in the counters
                 reason = veto(self.counters(header.swarm_id)[0]) if veto else None
             else:
-                need = own.llm_calls + 1
+                need = own_calls + 1
                 reason = self._bump(header.swarm_id, check=veto, llm_calls=need)
                 if not reason:
                     reserved[0] = reserved[0] + Usage(llm_calls=need)
@@ -611,20 +616,22 @@ class Engine:
             time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
         raise StoreError(f"could not update {key}: too much contention")
 
-    def _settle(self, header: SwarmHeader, rec: NodeRecord, outcome, session: LLMSession, reserved: Usage) -> NodeRecord:
+    def _settle(self, header: SwarmHeader, rec: NodeRecord, claim: bytes, outcome, session: LLMSession, reserved: Usage) -> NodeRecord:
         """Persist the outcome, then act on it (spawn children, terminate, or wait for the user).
 
-        Only while `rec` is still this delivery's claim: a worker that outlived its lease finds
-        the node taken over, and drops its outcome rather than spawn or report a second time.
-        The record's final write is a compare-and-swap against the version checked here.
-        `reserved`: the calls `_run` reserved in the counters, now committed like the spawn's."""
+        Only while the stored record is still `claim`, the bytes this delivery's claim wrote: a
+        worker that outlived its lease finds the node taken over, and drops its outcome rather
+        than spawn or report a second time. The record's final write is a compare-and-swap
+        against the version checked here. `reserved`: the calls `_run` reserved in the
+        counters, now committed like the spawn's."""
         swarm_id = header.swarm_id
         key = self.node_key(swarm_id, rec.node_id)
-        rec = rec.model_copy(update={"committed": rec.committed + reserved})
+        if reserved.llm_calls:
+            rec = rec.model_copy(update={"committed": rec.committed + reserved})
         own = rec.usage + session.usage - rec.committed  # this delivery's usage not in the counters
-        current, version = self.node(swarm_id, rec.node_id)
-        if not _holds(current, rec):
-            return self._superseded(swarm_id, current, rec, session, own)
+        stored, version = self.state.read_versioned(key)
+        if stored != claim:
+            return self._superseded(swarm_id, self.node(swarm_id, rec.node_id)[0], rec, session, own)
         spawned = None  # ("<node>/<round>", attempt) once the spawn is counted
         try:
             if isinstance(outcome, Spawn):
@@ -688,7 +695,7 @@ class Engine:
             if c.llm_calls + delta["llm_calls"] > b.max_llm_calls:
                 return (f"budget max_llm_calls={b.max_llm_calls} exceeded: {c.llm_calls + own.llm_calls} calls made or "
                         f"reserved, {n} more children would make at least one each")
-            if spent := _tokens_spent(b, c, own):
+            if spent := _tokens_spent(b, c, own.tokens):
                 return f"{spent}: no tokens left for {n} children"
             return None
 
@@ -911,16 +918,16 @@ def _holds(current: NodeRecord, claimed: NodeRecord) -> bool:
     return (current.status, current.attempt, current.blueprint.round) == ("running", claimed.attempt, claimed.blueprint.round)
 
 
-def _llm_veto(b: Budgets, counters: Counters, uncommitted: Usage) -> str | None:
-    """Why the next LLM call is refused, if it is: the counters plus what is not in them yet."""
-    if counters.llm_calls + uncommitted.llm_calls >= b.max_llm_calls:
+def _llm_veto(b: Budgets, counters: Counters, calls: int, tokens: int) -> str | None:
+    """Why the next LLM call is refused, if it is: the counters plus the calls and tokens not in them yet."""
+    if counters.llm_calls + calls >= b.max_llm_calls:
         return f"budget max_llm_calls={b.max_llm_calls} reached"
-    return _tokens_spent(b, counters, uncommitted)
+    return _tokens_spent(b, counters, tokens)
 
 
-def _tokens_spent(b: Budgets, counters: Counters, uncommitted: Usage) -> str | None:
-    """Why max_tokens stops the next call or spawn, if it does: the counters plus what is not in them yet."""
-    used = counters.prompt_tokens + counters.completion_tokens + uncommitted.tokens
+def _tokens_spent(b: Budgets, counters: Counters, tokens: int) -> str | None:
+    """Why max_tokens stops the next call or spawn, if it does: the counters plus the tokens not in them yet."""
+    used = counters.prompt_tokens + counters.completion_tokens + tokens
     return f"budget max_tokens={b.max_tokens} reached ({used} used)" if used >= b.max_tokens else None
 
 
