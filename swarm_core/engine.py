@@ -261,6 +261,9 @@ class Engine:
         if not resuming and bp.round == current and rec.status in TERMINAL:
             self._terminate(header, rec, recovering=True)  # re-delivery after a crash mid-termination
             return rec.status
+        if not resuming and bp.round == current and rec.status == "waiting_user":
+            self._answer_as_recorded(header, rec)  # a replay's re-delivery after a crash before its answer
+            return rec.status
         if not resuming and not (bp.round == current and rec.status == "pending"):
             if rec.status == "running" and rec.lease_until and rec.lease_until < time.time() and bp.round == current:
                 pass  # the previous claimer's lease ran out: it died, take over
@@ -283,9 +286,9 @@ class Engine:
         claim = dump(claimed)
         if not self.state.swap(self.node_key(swarm_id, bp.node_id), claim, version):
             return "running"  # another delivery claimed it first
-        if rec.status == "running":  # taken over: a spawn the dead claim counted will never stand
-            self._bump(swarm_id, unspawn=(f"{bp.node_id}/{bp.round}", rec.attempt))
         try:
+            if rec.status == "running":  # taken over: a spawn the dead claim counted will never stand
+                self._bump(swarm_id, unspawn=(f"{bp.node_id}/{bp.round}", rec.attempt))
             reports = None
             if resuming and was == "waiting_children":
                 reports = self._count_join(swarm_id, bp.node_id, bp.round - 1)
@@ -353,19 +356,23 @@ class Engine:
         it like any failed node, so its parent resumes and the swarm still ends. Only while the
         record is where this delivery would have taken it from (pending, or waiting for this
         resume); `claim`, the attempt a crashed delivery had claimed (`claim_attempt` on the
-        exception `execute_node` raised), also allows that claim, still `running`. True if failed here."""
+        exception `execute_node` raised), also allows that claim, still `running`, or a dead
+        claim it had taken over and handed back. True if failed here."""
         rec, version = self.node(swarm_id, blueprint.node_id)
         current = rec.blueprint.round
         first_run = rec.status == "pending" and blueprint.round == current
         resume = rec.status in ("waiting_children", "waiting_user") and blueprint.round == current + 1
-        mine = claim is not None and (rec.status, rec.attempt, current) == ("running", claim, blueprint.round)
+        # its own claim, or a dead one it took over and handed back (the lease has run out)
+        mine = claim is not None and (rec.status, current) == ("running", blueprint.round) and (
+            rec.attempt == claim or (rec.lease_until or 0) < time.time()
+        )
         if not (first_run or resume or mine):
             return False  # terminal, or it moved on without this delivery (or another holds it)
         header = self.header(swarm_id)
         if resume and rec.status == "waiting_children":  # what the resume would have counted
             self._count_join(swarm_id, rec.node_id, current)
         if mine:  # its spawn, if it counted one before it crashed, will never stand
-            self._bump(swarm_id, unspawn=(f"{rec.node_id}/{current}", claim))
+            self._bump(swarm_id, unspawn=(f"{rec.node_id}/{current}", rec.attempt))
         fail = Fail(error=error)
         failed = (_spent(rec) if mine else rec).model_copy(
             update={"status": "failed", "error": error, "outcome": fail, "lease_until": None, "updated_at": now()}
@@ -413,6 +420,8 @@ class Engine:
             elif rec.status == "waiting_user" and rec.answer is not None:  # answered; its delivery was lost
                 self.dispatcher.dispatch(swarm_id, rec.blueprint.model_copy(update={"round": rec.blueprint.round + 1}))
                 sent += 1
+            elif rec.status == "waiting_user":
+                sent += self._answer_as_recorded(header, rec)  # a replay that died before its answer
             elif rec.status in TERMINAL:
                 self._terminate(header, rec, recovering=True)
         return sent
@@ -432,6 +441,14 @@ class Engine:
             else:
                 self._transports[source] = OpenAITransport(self.blueprint.llm)
         return self._transports[source]
+
+    def _recording(self, header: SwarmHeader) -> RecordedTransport | None:
+        """The recording a swarm runs from (a replay, the shipped demo), if it does; never
+        builds a model client (a replay runs where no key is set)."""
+        if self._transport is None and not header.llm_source.startswith(("replay:", "recording:")):
+            return None
+        transport = self.transport_for(header)
+        return transport if isinstance(transport, RecordedTransport) else None
 
     def functions(self, key_prefix: str = "cli/0") -> Functions:
         """The factory and executor outside any swarm (`swarm fn`, scripts), on the engine's LLM.
@@ -605,7 +622,13 @@ class Engine:
                 if spawn:
                     spawns[round_key] = [claim, spawn[2]]
             if check and (reason := check(base)):
-                return reason
+                if base is counters:
+                    return reason
+                # refused, but the earlier claim's spawn it would have replaced still goes
+                del spawns[round_key]
+                if self.state.swap(key, dump(base.model_copy(update={"spawns": spawns})), version):
+                    return reason
+                continue
             update: dict[str, Any] = {k: getattr(base, k) + v for k, v in delta.items()}
             if join is not None:
                 update["joins"] = counters.joins + [join]
@@ -656,21 +679,37 @@ class Engine:
         else:
             update.update(status="failed", error=outcome.error)
         settled = rec.model_copy(update=update)
-        if not self.state.swap(key, dump(settled), version):  # taken over since the check above
+        try:
+            landed = self.state.swap(key, dump(settled), version)
+        except Exception:  # the claim is handed back unless the write landed after all
+            try:
+                stood = self.state.read(key) != claim
+            except Exception:
+                stood = True  # unknown: keep the count, which errs on the side of the budgets
+            if not stood:
+                self._recount(swarm_id, own, spawned)
+            raise
+        if not landed:  # taken over since the check above
             return self._superseded(swarm_id, self.node(swarm_id, rec.node_id)[0], rec, session, own, spawned)
         if isinstance(outcome, Spawn):
             self._fan_out(header, settled)
         elif not isinstance(outcome, AskUser):
             self._terminate(header, settled)
-        elif (said := self._recorded_answer(header, settled)) is not None:  # a replay: the user said it then
-            self.answer(swarm_id, settled.node_id, said)
+        else:
+            self._answer_as_recorded(header, settled)
         return settled
 
-    def _recorded_answer(self, header: SwarmHeader, rec: NodeRecord) -> str | None:
-        recording = self.transport_for(header)
-        if isinstance(recording, RecordedTransport):
-            return recording.user_answers.get(f"{rec.node_id}/{rec.blueprint.round}")
-        return None
+    def _answer_as_recorded(self, header: SwarmHeader, rec: NodeRecord) -> bool:
+        """In a replay, give a waiting node the answer the user gave in the recorded swarm."""
+        recording = self._recording(header)
+        said = recording.user_answers.get(f"{rec.node_id}/{rec.blueprint.round}") if recording else None
+        if said is None or rec.answer is not None:
+            return False
+        try:
+            self.answer(header.swarm_id, rec.node_id, said)
+        except NotWaiting:  # answered meanwhile (by hand, or by another delivery)
+            return False
+        return True
 
     def _count_spawn(self, header: SwarmHeader, rec: NodeRecord, spawn: Spawn, own: Usage) -> tuple[Spawn | Fail | None, tuple[str, int] | None]:
         """Check a spawn against the budgets and count it (nodes, this delivery's usage, one
@@ -683,8 +722,8 @@ class Engine:
         if deep:
             return Fail(error=f"budget max_depth={b.max_depth} exceeded by {', '.join(deep[:3])}"), None
         round_key = f"{bp.node_id}/{bp.round}"
-        recording = self.transport_for(header)
-        if isinstance(recording, RecordedTransport) and (stop := recording.stops.get(round_key)):
+        recording = self._recording(header)
+        if recording and (stop := recording.stops.get(round_key)):
             return Fail(error=stop), None
         delta = {"nodes": n, **_usage_delta(own)}
         delta["llm_calls"] += n * RESERVED.llm_calls  # each child's first call, reserved now
@@ -699,8 +738,7 @@ class Engine:
                 return f"{spent}: no tokens left for {n} children"
             return None
 
-        replaying = isinstance(recording, RecordedTransport)
-        veto = self._bump(header.swarm_id, check=None if replaying else check, spawn=(round_key, rec.attempt, n), **delta)
+        veto = self._bump(header.swarm_id, check=None if recording else check, spawn=(round_key, rec.attempt, n), **delta)
         if veto == STALE:
             return None, None
         return (Fail(error=veto), None) if veto else (spawn, (round_key, rec.attempt))

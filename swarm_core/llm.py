@@ -222,7 +222,8 @@ class LLMSession:
             except LLMError as exc:
                 self._record(seq, schema_name, convo, None, str(exc), started, Completion(None))
                 raise
-            self._record(seq, schema_name, convo, comp.text, None, started, comp)
+            # "" for no text: a call recorded without a response is one the server failed (replay)
+            self._record(seq, schema_name, convo, comp.text if comp.text is not None else "", None, started, comp)
             try:
                 if comp.refusal:
                     raise ValueError(f"the model refused: {comp.refusal}")

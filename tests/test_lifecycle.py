@@ -912,3 +912,109 @@ def test_a_replay_answers_the_questions_and_meets_the_errors_of_its_recording():
     assert _tree(replay, rid) == _tree(engine, sid)
     assert replay.node(rid, "root.0.0")[0].answer == "blue"
     assert "HTTP 503: overloaded" in replay.node(rid, "root.0.1")[0].error
+
+
+@pytest.mark.parametrize("then", ["redelivered", "given up", "re-planned over budget"])
+def test_a_settle_write_that_fails_takes_its_spawn_back(then):
+    # The root counted its spawn of 2, then its final record write failed: the claim is handed
+    # back, and whatever the next delivery does, the counters must hold only nodes that exist.
+    plans = []
+
+    def responder(messages, schema_name, schema, key):
+        if key.startswith("root/0/"):
+            plans.append(key)
+            if then == "re-planned over budget" and len(plans) > 1:
+                return default_responder(subtasks=("a", "b", "c", "d"))(messages, schema_name, schema, key)
+        return default_responder(subtasks=("a", "b"))(messages, schema_name, schema, key)
+
+    d = Recorder()
+    engine = make_engine(responder, dispatcher=d, budgets={"max_nodes": 4})
+    sid, _ = engine.load_goal("Do a thing")
+    real, failed = engine.state.swap, []
+
+    def swap(key, data, version):
+        if key.endswith("nodes/root.json") and b'"waiting_children"' in data and not failed:
+            failed.append(key)
+            raise StoreError("settle write timed out")
+        return real(key, data, version)
+
+    engine.state.swap = swap
+    delivery = d.queue.pop(0)
+    with pytest.raises(StoreError) as err:
+        engine.execute_node(*delivery)
+    if then == "given up":
+        assert engine.fail_node(sid, delivery[1], "gave up", claim=err.value.claim_attempt)
+    else:
+        d.queue.insert(0, delivery)
+    _finish_by_hand(engine, d)
+    counters = engine.counters(sid)[0]
+    assert counters.nodes == len(engine.nodes(sid)) and not counters.spawns
+
+
+def test_a_takeover_whose_counters_write_fails_can_still_be_given_up():
+    d = Recorder()
+    engine = make_engine(dispatcher=d)
+    sid, _ = engine.load_goal("Do a thing")
+    delivery = d.queue.pop(0)
+    _, version = engine.node(sid, "root")
+    rec = engine.node(sid, "root")[0].model_copy(update={"status": "running", "attempt": 1, "lease_until": 1.0})
+    engine.state.swap(engine.node_key(sid, "root"), rec.model_dump_json().encode(), version)  # a dead claim
+    real = engine.state.swap
+
+    def swap(key, data, version):
+        if key.endswith("counters.json"):
+            raise StoreError("counters unavailable")
+        return real(key, data, version)
+
+    engine.state.swap = swap
+    with pytest.raises(StoreError) as err:
+        engine.execute_node(*delivery)  # takes over, then cannot take the dead claim's spawn back
+    engine.state.swap = real
+    assert err.value.claim_attempt == 2
+    assert engine.fail_node(sid, delivery[1], "gave up", claim=err.value.claim_attempt)
+    assert engine.header(sid).status == "failed"
+
+
+def test_a_replay_repairs_an_empty_answer_as_the_recording_did():
+    def responder(messages, schema_name, schema, key):
+        if key == "root.0.0/0/0":
+            return None  # the model gave no text; the session repairs
+        return default_responder()(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    assert engine.node(sid, "root.0.0")[0].status == "done"
+    replay, rid = _replay(engine, sid)
+    assert _tree(replay, rid) == _tree(engine, sid)
+
+
+def test_a_replay_that_died_before_giving_its_recorded_answer_is_resumed():
+    from test_crash_sweep import Died
+
+    def responder(messages, schema_name, schema, key):
+        if key == "root.0.0/0/0":
+            return {"report": "", "question": "Which colour?"}
+        return default_responder()(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    engine.answer(sid, "root.0.0", "blue")
+    assert engine.dispatcher.wait(10)
+    d = Recorder()
+    replay = make_engine(lambda *a: pytest.fail("a replay must not call the model"), store=engine.state.uri, dispatcher=d)
+    replay._transport = engine.replay_transport(sid)
+    rid, _ = replay.load_goal(engine.header(sid).goal)
+    real_answer, died = replay.answer, []
+
+    def answer(*a):
+        if not died:
+            died.append(True)
+            raise Died  # right after the question was stored, before its recorded answer
+        return real_answer(*a)
+
+    replay.answer = answer
+    with pytest.raises(Died):
+        _finish_by_hand(replay, d)
+    replay.resume(rid)
+    _finish_by_hand(replay, d)
+    assert _tree(replay, rid) == _tree(engine, sid)
