@@ -331,7 +331,9 @@ class Engine:
             now_rec, version = self.node(swarm_id, claimed.node_id)
             if not _holds(now_rec, claimed):
                 return  # settled before the failure (its re-delivery finishes the job), or claimed again
-            self.state.swap(self.node_key(swarm_id, claimed.node_id), dump(_spent(before)), version)
+            # with the claim's attempt number: the next claim gets a number of its own
+            back = _spent(before).model_copy(update={"attempt": claimed.attempt})
+            self.state.swap(self.node_key(swarm_id, claimed.node_id), dump(back), version)
         except Exception:
             log.warning("could not hand back the claim on %s/%s", swarm_id, claimed.node_id, exc_info=True)
 
@@ -362,17 +364,17 @@ class Engine:
         current = rec.blueprint.round
         first_run = rec.status == "pending" and blueprint.round == current
         resume = rec.status in ("waiting_children", "waiting_user") and blueprint.round == current + 1
-        # its own claim, or a dead one it took over and handed back (the lease has run out)
+        # its own claim, or the dead one just before it that it took over and handed back
         mine = claim is not None and (rec.status, current) == ("running", blueprint.round) and (
-            rec.attempt == claim or (rec.lease_until or 0) < time.time()
+            rec.attempt == claim or (rec.attempt == claim - 1 and bool(rec.lease_until) and rec.lease_until < time.time())
         )
         if not (first_run or resume or mine):
             return False  # terminal, or it moved on without this delivery (or another holds it)
         header = self.header(swarm_id)
         if resume and rec.status == "waiting_children":  # what the resume would have counted
             self._count_join(swarm_id, rec.node_id, current)
-        if mine:  # its spawn, if it counted one before it crashed, will never stand
-            self._bump(swarm_id, unspawn=(f"{rec.node_id}/{current}", rec.attempt))
+        if mine:  # a spawn its claim (or the dead one before it) counted will never stand
+            self._bump(swarm_id, unspawn=(f"{rec.node_id}/{current}", claim))
         fail = Fail(error=error)
         failed = (_spent(rec) if mine else rec).model_copy(
             update={"status": "failed", "error": error, "outcome": fail, "lease_until": None, "updated_at": now()}
@@ -601,7 +603,8 @@ class Engine:
         the parent. `spawn` ("<node>/<round>", attempt, children): `delta` counts that spawn.
         It replaces the spawn an earlier claim of the round counted before it died; if a later
         claim's is there, nothing is added and STALE is returned. `unspawn` ("<node>/<round>",
-        attempt): take that claim's spawn back out, if it is still the one counted."""
+        attempt): take back the spawn counted by that claim or an earlier one, none of which
+        will stand; a later claim's stays."""
         if check is None and spawn is None and unspawn is None and not any(delta.values()):
             return None
         key = self.key(swarm_id, "counters.json")
@@ -615,7 +618,7 @@ class Engine:
                 prev = spawns.get(round_key)
                 if spawn and prev and prev[0] > claim:
                     return STALE
-                if prev and (spawn or prev[0] == claim):  # replaced, or taken back
+                if prev and (spawn or prev[0] <= claim):  # replaced, or taken back
                     gone = {"nodes": counters.nodes - prev[1], "llm_calls": counters.llm_calls - prev[1] * RESERVED.llm_calls}
                     base = counters.model_copy(update=gone)
                     del spawns[round_key]
@@ -679,11 +682,12 @@ class Engine:
         else:
             update.update(status="failed", error=outcome.error)
         settled = rec.model_copy(update=update)
+        final = dump(settled)
         try:
-            landed = self.state.swap(key, dump(settled), version)
-        except Exception:  # the claim is handed back unless the write landed after all
+            landed = self.state.swap(key, final, version)
+        except Exception:  # unless the write landed after all, its count does not stand
             try:
-                stood = self.state.read(key) != claim
+                stood = self.state.read(key) == final
             except Exception:
                 stood = True  # unknown: keep the count, which errs on the side of the budgets
             if not stood:

@@ -508,7 +508,7 @@ def test_a_delivery_that_fails_after_its_claim_hands_the_node_back():
     delivery = d.queue.pop()
     _fail_once_settling(engine, delivery)
     rec = engine.node(sid, "root")[0]
-    assert (rec.status, rec.attempt, rec.lease_until) == ("pending", 0, None)
+    assert (rec.status, rec.attempt, rec.lease_until) == ("pending", 1, None)  # the next claim is attempt 2
     assert engine.execute_node(*delivery) == "waiting_children"  # the redelivery runs it
 
 
@@ -951,14 +951,21 @@ def test_a_settle_write_that_fails_takes_its_spawn_back(then):
     assert counters.nodes == len(engine.nodes(sid)) and not counters.spawns
 
 
-def test_a_takeover_whose_counters_write_fails_can_still_be_given_up():
+def _root_with_a_dead_claim():
+    """A swarm whose root is `running` under a claim (attempt 1) whose lease ran out long ago.
+    Returns the engine, its Recorder, the swarm id and the root's delivery."""
     d = Recorder()
     engine = make_engine(dispatcher=d)
     sid, _ = engine.load_goal("Do a thing")
     delivery = d.queue.pop(0)
-    _, version = engine.node(sid, "root")
-    rec = engine.node(sid, "root")[0].model_copy(update={"status": "running", "attempt": 1, "lease_until": 1.0})
-    engine.state.swap(engine.node_key(sid, "root"), rec.model_dump_json().encode(), version)  # a dead claim
+    rec, version = engine.node(sid, "root")
+    dead = rec.model_copy(update={"status": "running", "attempt": 1, "lease_until": 1.0})
+    engine.state.swap(engine.node_key(sid, "root"), dead.model_dump_json().encode(), version)
+    return engine, d, sid, delivery
+
+
+def test_a_takeover_whose_counters_write_fails_can_still_be_given_up():
+    engine, d, sid, delivery = _root_with_a_dead_claim()
     real = engine.state.swap
 
     def swap(key, data, version):
@@ -1018,3 +1025,94 @@ def test_a_replay_that_died_before_giving_its_recorded_answer_is_resumed():
     replay.resume(rid)
     _finish_by_hand(replay, d)
     assert _tree(replay, rid) == _tree(engine, sid)
+
+
+def test_giving_up_never_fails_a_later_claim_that_took_the_node_over():
+    # B's call outlives its lease and C takes over; C's lease runs out too while its call goes
+    # on. B then fails on its last delivery: giving B up must leave C's claim alone.
+    b_started, c_started, b_done, calls = threading.Event(), threading.Event(), threading.Event(), []
+
+    def responder(messages, schema_name, schema, key):
+        calls.append(key)
+        if len(calls) == 1:  # B
+            b_started.set()
+            assert c_started.wait(10)
+            time.sleep(0.3)  # C's lease runs out too
+            raise StoreError("B: store error mid-run")
+        c_started.set()  # C
+        assert b_done.wait(10)
+        return default_responder()(messages, schema_name, schema, key)
+
+    d = Recorder()
+    engine = make_engine(responder, dispatcher=d)
+    engine.blueprint.dispatcher.lease_seconds = 0.2
+    sid, _ = engine.load_goal("Do a thing")
+    delivery = d.queue.pop(0)
+    c_status = []
+    c = threading.Thread(target=lambda: (b_started.wait(10), time.sleep(0.3), c_status.append(engine.execute_node(*delivery))))
+    c.start()
+    with pytest.raises(StoreError) as err:
+        engine.execute_node(*delivery)  # B
+    assert not engine.fail_node(sid, delivery[1], "B gave up", claim=err.value.claim_attempt)
+    b_done.set()
+    c.join(10)
+    assert c_status == ["waiting_children"] and engine.node(sid, "root")[0].status == "waiting_children"
+
+
+def test_a_settle_write_that_fails_after_a_takeover_keeps_no_spawn():
+    # B passed its claim check; C took the node over (and failed) before B counted its spawn;
+    # then B's final write raised. B's spawn never stood: it must not stay counted.
+    plans = []
+
+    def responder(messages, schema_name, schema, key):
+        if key.startswith("root/0/"):
+            plans.append(key)
+            if len(plans) > 1:
+                return "not json"  # C fails: no spawn of its own replaces B's
+        return default_responder(subtasks=("a", "b", "c"))(messages, schema_name, schema, key)
+
+    d = Recorder()
+    engine = make_engine(responder, dispatcher=d, max_repairs=0)
+    engine.blueprint.dispatcher.lease_seconds = 0.1
+    sid, _ = engine.load_goal("Do a thing")
+    delivery = d.queue.pop(0)
+    real, state = engine.state.swap, {"took_over": False, "settle_failed": False}
+
+    def swap(key, data, version):
+        if key.endswith("counters.json") and b'"root/0"' in data and not state["took_over"]:
+            state["took_over"] = True  # B is about to count its spawn: C takes over first
+            time.sleep(0.15)
+            assert engine.execute_node(*delivery) == "failed"
+            return real(key, data, engine.counters(sid)[1])
+        if key.endswith("nodes/root.json") and b'"waiting_children"' in data and not state["settle_failed"]:
+            state["settle_failed"] = True
+            raise StoreError("settle write timed out")
+        return real(key, data, version)
+
+    engine.state.swap = swap
+    with pytest.raises(StoreError):
+        engine.execute_node(*delivery)  # B
+    counters = engine.counters(sid)[0]
+    assert (counters.nodes, counters.spawns) == (1, {})
+
+
+def test_giving_up_takes_back_its_own_spawn_and_the_dead_claims():
+    engine, d, sid, delivery = _root_with_a_dead_claim()
+    real, state = engine.state.swap, {"settle": False, "counters": False}
+
+    def swap(key, data, version):
+        if key.endswith("nodes/root.json") and b'"waiting_children"' in data and not state["settle"]:
+            state["settle"] = state["counters"] = True
+            raise StoreError("settle write timed out")
+        if key.endswith("counters.json") and state["counters"]:
+            state["counters"] = False
+            raise StoreError("counters unavailable")  # the recount fails too
+        return real(key, data, version)
+
+    engine.state.swap = swap
+    with pytest.raises(StoreError) as err:
+        engine.execute_node(*delivery)  # takes over the dead claim, spawns, cannot write
+    assert engine.counters(sid)[0].spawns == {"root/0": [2, 2]}
+    assert engine.fail_node(sid, delivery[1], "gave up", claim=err.value.claim_attempt)
+    counters = engine.counters(sid)[0]
+    assert (counters.nodes, counters.spawns) == (1, {})
