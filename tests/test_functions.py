@@ -264,3 +264,31 @@ def test_deliveries_are_retried_and_a_node_that_keeps_failing_fails_while_the_sw
     assert nodes["root.0.0"]["status"] == nodes["root.0.2"]["status"] == "done"
     assert final["status"] == "done" and final["finished_at"]  # the manager resumed and its supervisor judged
     assert all(count == 2 for key, count in flaky.seen.items() if not key.startswith("root.0.1@")), flaky.seen
+
+
+def test_the_queues_last_attempt_gives_up_the_claim_its_delivery_made(monkeypatch, tmp_path):
+    # execute_node claimed the root, its outcome event failed, and handing the claim back failed
+    # too; on the queue's last attempt the handler must fail the node it claimed, so the swarm ends.
+    from conftest import make_engine
+    from stub_openai import StubOpenAI
+    from test_lifecycle import Recorder, failing_outcome_and_hand_back
+
+    from functions import handlers
+
+    store = f"file://{tmp_path}"
+    d = Recorder()
+    sid, _ = make_engine(store=store, dispatcher=d).load_goal("Do a thing")
+    _, root = d.queue.pop()
+    with StubOpenAI(http_responder(default_responder(subtasks=("a", "b")))) as stub:
+        for name, value in {"SWARM_STORE": store, "SWARM_DISPATCHER": "http", "OPENAI_BASE_URL": stub.base_url,
+                            "SWARM_EXECUTE_NODE_URL": "http://127.0.0.1:9/execute_node"}.items():
+            monkeypatch.setenv(name, value)
+        eng = handlers.engine()
+        create, swap = failing_outcome_and_hand_back(eng, "root")
+        monkeypatch.setattr(eng.history, "create", create)
+        monkeypatch.setattr(eng.state, "swap", swap)
+        body = json.dumps({"swarm_id": sid, "node": root.model_dump(mode="json")}).encode()
+        reply = handlers.execute_node("POST", body, {"X-CloudTasks-TaskRetryCount": "4"}, trusted=True)
+    assert (reply.status, reply.body["status"]) == (200, "failed")
+    assert "failed on its last delivery: StoreError: history store unavailable" in eng.node(sid, "root")[0].error
+    assert eng.header(sid).status == "failed"

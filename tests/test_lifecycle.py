@@ -854,6 +854,25 @@ def test_giving_up_a_resume_still_counts_its_join():
     assert st["status"] == "failed" and engine.counters(sid)[0].llm_calls == len(made) == 4
 
 
+def failing_outcome_and_hand_back(engine, node_id):
+    """Replacements for the engine's history `create` and state `swap`: the node's first
+    outcome event fails, and so does every hand-back of its claim (a store that is down)."""
+    real_create, real_swap, failed = engine.history.create, engine.state.swap, []
+
+    def create(key, data):
+        if f"-{node_id}-0-outcome" in key and not failed:
+            failed.append(key)
+            raise StoreError("history store unavailable")
+        return real_create(key, data)
+
+    def swap(key, data, version):
+        if key.endswith(f"nodes/{node_id}.json") and b'"status":"pending"' in data:
+            raise StoreError("state store unavailable")
+        return real_swap(key, data, version)
+
+    return create, swap
+
+
 def test_giving_up_a_last_delivery_fails_only_the_claim_it_made():
     # The last delivery made its call, then the store failed, hand-back included: giving it up
     # fails its own claim and counts the call. A duplicate that failed before claiming anything
@@ -870,18 +889,7 @@ def test_giving_up_a_last_delivery_fails_only_the_claim_it_made():
     engine.execute_node(*d.queue.pop(0))
     leaf = d.queue.pop(0)
     real_create, real_swap = engine.history.create, engine.state.swap
-
-    def create(key, data):
-        if "-root.0.0-0-outcome" in key:
-            raise StoreError("history store unavailable")
-        return real_create(key, data)
-
-    def swap(key, data, version):
-        if key.endswith("nodes/root.0.0.json") and b'"status":"pending"' in data:
-            raise StoreError("state store unavailable")  # the hand-back fails too
-        return real_swap(key, data, version)
-
-    engine.history.create, engine.state.swap = create, swap
+    engine.history.create, engine.state.swap = failing_outcome_and_hand_back(engine, "root.0.0")
     with pytest.raises(StoreError) as err:
         engine.execute_node(*leaf)
     engine.history.create, engine.state.swap = real_create, real_swap
