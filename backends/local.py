@@ -74,6 +74,8 @@ class FileStore(Store):
         self._made: set[str] = set()
         self._lock = threading.Lock()
         # The root is made by the first write: a read of a mistyped path must not create it.
+        if os.path.lexists(self.root) and not os.path.isdir(self.root):
+            raise StoreError(f"store folder {self.root} is not a folder")
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, check_key(key))

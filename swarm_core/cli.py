@@ -81,7 +81,8 @@ def _on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     try:
         code = _main(argv)
-        sys.stdout.flush()  # a reader gone early fails here, not in Python's flush at exit
+        if sys.stdout is not None:  # None: started with stdout closed
+            sys.stdout.flush()  # a reader gone early fails here, not in Python's flush at exit
         return code
     except BrokenPipeError:  # `swarm tree ID | head`: the reader has what it wanted; exit as a shell reports SIGPIPE
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -152,7 +153,7 @@ def _help(parser: argparse.ArgumentParser, args) -> int:
 def _parser() -> argparse.ArgumentParser:
     def options(suppress: bool) -> argparse.ArgumentParser:
         # Accepted before and after the command; the command's copy must not reset the other's value.
-        p = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS if suppress else None)
+        p = argparse.ArgumentParser(add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS if suppress else None)
         p.add_argument("--store", help="storage URI (default: $SWARM_STORE or the blueprint's, file://./.swarm)")
         p.add_argument("--blueprint", help="blueprint folder or file (default: $SWARM_BLUEPRINT or blueprints/default)")
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False, help="print one JSON object")
@@ -160,12 +161,13 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     common = options(suppress=True)
-    parser = _Parser(prog="swarm", description=__doc__.split("\n")[0], parents=[options(suppress=False)])
+    # allow_abbrev=False: `--js` is not `--json` (a usage error must know whether JSON was asked for)
+    parser = _Parser(prog="swarm", description=__doc__.split("\n")[0], parents=[options(suppress=False)], allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"swarm {_version()}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     def command(parsers, name, func, help, *arguments):
-        p = parsers.add_parser(name, help=help, description=help, parents=[common])
+        p = parsers.add_parser(name, help=help, description=help, parents=[common], allow_abbrev=False)
         for spec in arguments:
             p.add_argument(*spec[0], **spec[1])
         p.set_defaults(func=func)
@@ -217,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     add_serve_parser(sub, common)
 
     def group(name, help):
-        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p = sub.add_parser(name, help=help, description=help, parents=[common], allow_abbrev=False)
         inner = p.add_subparsers(metavar="COMMAND")
         p.set_defaults(func=lambda args: _help(p, args))
 
@@ -253,9 +255,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _at_least_one(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"wants a number of at least 1, got {text!r}")
+    if not (text.isascii() and text.isdigit() and len(text) <= 18) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"wants a number of at least 1, got {_short(text, 40)!r}")
     return int(text)
+
+
+_at_least_one.__name__ = "N"  # argparse names the type in its messages
 
 
 def _engine(args) -> Engine:
@@ -416,8 +421,8 @@ def _budgets(engine: Engine, items: list[str]) -> dict[str, int]:
             raise UsageError(f"--budget {item!r}: the budget's name is missing (one of {names})")
         if name not in Budgets.model_fields:
             raise UsageError(f"--budget {item!r}: unknown budget {name!r} (one of {names})")
-        if not (value.isascii() and value.isdigit()):  # "²".isdigit() is True, int("²") fails
-            raise UsageError(f"--budget wants NAME=N, got {item!r}")
+        if not (value.isascii() and value.isdigit() and len(value) <= 18):  # "²".isdigit() is True, int("²") fails
+            raise UsageError(f"--budget wants NAME=N with N a whole number, got {_short(item, 60)!r}")
         budgets[name] = int(value)
     try:
         Budgets.model_validate({**engine.blueprint.budgets.model_dump(), **budgets})
@@ -520,14 +525,24 @@ def cmd_replay(args) -> int:
             err.print(f"tree identical to {args.swarm_id}: {'yes' if identical else 'NO'}")
         code = _finish(engine, swarm_id, args, status, {"replay_of": args.swarm_id, "identical": identical})
     except (SwarmError, StoreError) as exc:  # the new swarm exists now: say which it is
-        raise type(exc)(f"replay {swarm_id} of {args.swarm_id}: {exc}") from None
+        message = f"replay {swarm_id} of {args.swarm_id}: {exc}"
+        try:
+            named = type(exc)(message)
+        except Exception:  # an adapter's own error type, built from other arguments
+            named = (StoreError if isinstance(exc, StoreError) else SwarmError)(message)
+        raise named from None
     return code if identical else max(code, 1)
 
 
 def cmd_snapshot(args) -> int:
-    folder = os.path.dirname(os.path.abspath(args.out)) if args.out else ""
-    if folder and not os.path.isdir(folder):  # before anything is stored
-        raise UsageError(f"--out {args.out}: folder {folder} not found")
+    if args.out is not None:  # checked before anything is stored
+        folder = os.path.dirname(os.path.abspath(args.out))
+        if not args.out or os.path.isdir(args.out):
+            raise UsageError(f"--out {args.out!r}: give a file name")
+        if not os.path.isdir(folder):
+            raise UsageError(f"--out {args.out}: folder {folder} not found")
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"--out {args.out}: folder {folder} is not writable")
     engine = _engine(args)
     snap = engine.snapshot(args.swarm_id)
     text = json.dumps(snap, indent=None if args.json else 2)

@@ -107,6 +107,8 @@ def test_every_environment_variable_read_is_in_the_readme():
         (["run", "an unrecorded goal", "--budget", "max_nodes=0"], 2, "--budget max_nodes: Input should be greater"),
         (["run", DEMO_GOAL, "--blueprint", "/nonexistent"], 2, "blueprint not found"),
         (["list", "--store", "nosuch://x"], 2, "unknown storage scheme 'nosuch'"),
+        (["list", "--store", f"file://{REPO / 'README.md'}"], 2, "README.md is not a folder"),
+        (["run", DEMO_GOAL, "--budget", "max_nodes=" + "9" * 5000], 2, "--budget wants NAME=N with N a whole number"),
     ],
 )
 def test_bad_usage_exits_2_with_one_clear_line(tmp_path, args, code, needle):
@@ -216,6 +218,8 @@ def test_snapshot_prints_the_tree_and_checks_out_before_storing(tmp_path):
     assert len(snap["nodes"]) == 6
     proc = swarm("snapshot", sid, "--store", store, "--out", str(tmp_path / "nodir" / "x.json"), check=2)
     assert f"folder {tmp_path / 'nodir'} not found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    for out in (str(tmp_path), ""):  # a folder, nothing
+        assert "give a file name" in swarm("snapshot", sid, "--store", store, "--out", out, check=2).stderr
     assert len(list((tmp_path / "swarms" / sid / "snapshots").iterdir())) == 1  # the first one only
 
 
@@ -231,6 +235,23 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, args):
     proc.stdout.close()
     stderr = proc.stderr.read()
     assert proc.wait(timeout=60) == 128 + signal.SIGPIPE and stderr == ""
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["list", "--limit", "9" * 5000], "argument --limit: wants a number of at least 1"),
+    (["status", "--js", "sw_00000000000000000000000000"], "unrecognized arguments: --js"),  # no abbreviations of --json
+])
+def test_argparse_refusals_exit_2_with_the_usage(tmp_path, args, needle):
+    proc = swarm(*args, "--store", f"file://{tmp_path}", check=2)
+    assert proc.stderr.startswith("usage: swarm") and needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_closed_stdout_is_no_traceback(tmp_path):
+    proc = subprocess.run(
+        ["bash", "-c", f'"{sys.executable}" -m swarm_core.cli list --store file://{tmp_path} >&-'],
+        env=CLEAN_ENV, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
 
 
 def test_replay_of_a_corrupted_swarm_is_refused_before_a_new_swarm_is_made(tmp_path):
