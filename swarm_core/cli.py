@@ -92,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = _parser()
+    json_asked = "--json" in (sys.argv[1:] if argv is None else argv)
+    parser = _parser(json_asked)
     try:
         args = parser.parse_args(argv)
     except UsageError as exc:
-        asked = argparse.Namespace(json="--json" in (sys.argv[1:] if argv is None else argv))
-        return _fail(asked, str(exc), 2)
+        return _fail(argparse.Namespace(json=json_asked), str(exc), 2)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     if not getattr(args, "func", None):
         return _help(parser, args)
@@ -150,7 +150,8 @@ def _help(parser: argparse.ArgumentParser, args) -> int:
     return 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(json_asked: bool = False) -> argparse.ArgumentParser:
+    """The command line; `json_asked`: `--json` is on it (`--version` then prints JSON too)."""
     def options(suppress: bool) -> argparse.ArgumentParser:
         # Accepted before and after the command; the command's copy must not reset the other's value.
         p = argparse.ArgumentParser(add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS if suppress else None)
@@ -163,7 +164,8 @@ def _parser() -> argparse.ArgumentParser:
     common = options(suppress=True)
     # allow_abbrev=False: `--js` is not `--json` (a usage error must know whether JSON was asked for)
     parser = _Parser(prog="swarm", description=__doc__.split("\n")[0], parents=[options(suppress=False)], allow_abbrev=False)
-    parser.add_argument("--version", action="version", version=f"swarm {_version()}")
+    version = json.dumps({"version": _version()}) if json_asked else f"swarm {_version()}"
+    parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(metavar="COMMAND")
 
     def command(parsers, name, func, help, *arguments):

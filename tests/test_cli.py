@@ -79,6 +79,8 @@ def test_version_is_the_installed_package_version():
 
     expected = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert swarm("--version", check=0).stdout.strip() == f"swarm {expected}"
+    for line in (["--version", "--json"], ["--json", "--version"]):  # one JSON object, like every command
+        assert json.loads(swarm(*line, check=0).stdout) == {"version": expected}
 
 
 def test_every_environment_variable_read_is_in_the_readme():
