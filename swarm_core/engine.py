@@ -271,7 +271,7 @@ class Engine:
                 return rec.status  # a duplicate or stale delivery: nothing to do
         was = rec.status
         if was == "running" and bp.round > 0:  # taking over a resumed round: resume as the dead claimer did
-            was = "waiting_user" if isinstance(rec.outcome, AskUser) else "waiting_children"
+            was = _waited_in(rec)
             resuming = True
         claimed = (_spent(rec) if rec.status == "running" else rec).model_copy(
             update={
@@ -296,7 +296,7 @@ class Engine:
             settled = self._settle(header, claimed, claim, outcome, session, reserved)
         except Exception as exc:
             exc.claim_attempt = claimed.attempt  # type: ignore[attr-defined]  # for fail_node, if this was the last try
-            self._unclaim(swarm_id, rec, claimed)
+            self._unclaim(swarm_id, rec, claimed, claim)
             raise
         rec = settled
         if log.isEnabledFor(logging.INFO):  # the JSON line costs a few percent of a node's CPU
@@ -322,18 +322,19 @@ class Engine:
         self._bump(swarm_id, join=f"{parent_id}/{round}", **_usage_delta(sum((r.usage for r in reports), Usage())))
         return reports
 
-    def _unclaim(self, swarm_id: str, before: NodeRecord, claimed: NodeRecord) -> None:
+    def _unclaim(self, swarm_id: str, before: NodeRecord, claimed: NodeRecord, claim: bytes) -> None:
         """A delivery failed after claiming its node and before settling it (a store error, say):
         hand the record back as it was, so the queue's redelivery can claim it again rather than
         find it `running` under a live lease and count itself delivered. Best effort: if the store
         still fails, the claim stands until its lease runs out or `swarm resume` takes it over."""
+        key = self.node_key(swarm_id, claimed.node_id)
         try:
-            now_rec, version = self.node(swarm_id, claimed.node_id)
-            if not _holds(now_rec, claimed):
+            stored, version = self.state.read_versioned(key)
+            if stored != claim:  # `claim`: the bytes the claim wrote, as `_settle` checks them
                 return  # settled before the failure (its re-delivery finishes the job), or claimed again
             # with the claim's attempt number: the next claim gets a number of its own
             back = _spent(before).model_copy(update={"attempt": claimed.attempt})
-            self.state.swap(self.node_key(swarm_id, claimed.node_id), dump(back), version)
+            self.state.swap(key, dump(back), version)
         except Exception:
             log.warning("could not hand back the claim on %s/%s", swarm_id, claimed.node_id, exc_info=True)
 
@@ -401,10 +402,9 @@ class Engine:
                 if rec.blueprint.round == 0:
                     back = _spent(rec).model_copy(update={"status": "pending", "lease_until": None})
                 else:
-                    was = "waiting_user" if isinstance(rec.outcome, AskUser) else "waiting_children"
                     back = _spent(rec).model_copy(
                         update={
-                            "status": was,
+                            "status": _waited_in(rec),
                             "lease_until": None,
                             "blueprint": rec.blueprint.model_copy(update={"round": rec.blueprint.round - 1}),
                         }
@@ -565,7 +565,7 @@ class Engine:
         calls = rec.usage.llm_calls - rec.committed.llm_calls
         tokens = rec.usage.tokens - rec.committed.tokens + sum(r.usage.tokens for r in previous)
         before = sum(r.usage.llm_calls for r in previous)
-        recording = session.transport if isinstance(session.transport, RecordedTransport) else None
+        recording = self._recording(header)
 
         def check() -> None:
             own_calls = calls + session.usage.llm_calls - reserved[0].llm_calls
@@ -947,17 +947,17 @@ def _routable(space: ActionSpace, action_id: str) -> bool:
     return isinstance(entry, ActionSpec) and entry.routable
 
 
+def _waited_in(rec: NodeRecord) -> str:
+    """The status a record claimed for a resume (round > 0) was claimed from: its outcome says."""
+    return "waiting_user" if isinstance(rec.outcome, AskUser) else "waiting_children"
+
+
 def _spent(rec: NodeRecord) -> NodeRecord:
     """`rec` as a claim hands it on (taken over, handed back): the call its spawn reserved may
     have been made by that claim, so the next one reserves its own. At worst one call counted
     that was never made; never one made that was not counted."""
     unused = rec.committed.llm_calls - rec.usage.llm_calls
     return rec.model_copy(update={"committed": rec.committed - Usage(llm_calls=unused)}) if unused > 0 else rec
-
-
-def _holds(current: NodeRecord, claimed: NodeRecord) -> bool:
-    """Whether the stored record is still the claim `claimed` made (no takeover, no settle since)."""
-    return (current.status, current.attempt, current.blueprint.round) == ("running", claimed.attempt, claimed.blueprint.round)
 
 
 def _llm_veto(b: Budgets, counters: Counters, calls: int, tokens: int) -> str | None:
