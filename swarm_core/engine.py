@@ -62,6 +62,7 @@ RESERVED = Usage(llm_calls=1)
 STALE = "a later claim of this round counted its spawn"  # what _bump answers a spawn that was taken over
 JOIN_GROUP = 32  # a wide parallel join reports in groups of this many: each child lists O(group + size/group) keys
 M = TypeVar("M", bound=BaseModel)
+_SHARED = (SwarmHeader, Counters)  # parsed once per content by `Engine._load`
 MAX_GOAL_CHARS = 20_000
 
 
@@ -132,6 +133,7 @@ class Engine:
             raise ConfigError(f"blueprint {blueprint.name}: [router] fallback {fallback!r} is not a routable action")
         self._transport = transport
         self._transports: dict[str, Transport] = {}
+        self._parsed: dict[bytes, BaseModel] = {}  # see `_load`
 
     # --- keys -------------------------------------------------------------------
 
@@ -146,12 +148,23 @@ class Engine:
         return self.key(swarm_id, "joins", parent_id, str(round)) + "/"
 
     def _load(self, store: Store, key: str, cls: type[M], missing: Callable[[], SwarmError]) -> tuple[M, str]:
+        """Read and parse one record. A header or the counters is parsed once per content:
+        every node reads both, and they change far less often than nodes run. So those two
+        come back shared between callers: change them with `model_copy`, never in place."""
         try:
             data, version = store.read_versioned(key)
         except KeyNotFound:
             raise missing() from None
+        shared = cls in _SHARED
+        if shared and (hit := self._parsed.get(data)) is not None and type(hit) is cls:
+            return hit, version  # type: ignore[return-value]
         try:
-            return cls.model_validate_json(data), version
+            parsed = cls.model_validate_json(data)
+            if shared:
+                if len(self._parsed) >= 64:
+                    self._parsed.clear()
+                self._parsed[data] = parsed
+            return parsed, version
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "(top level)"

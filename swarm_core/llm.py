@@ -73,13 +73,20 @@ _SCALARS: dict[str, Any] = {"string": str, "integer": int, "number": int | float
 def model_from_schema(name: str, schema: dict) -> type[BaseModel]:
     """Build a pydantic model from the JSON Schema subset our action schemas use
     (objects, arrays, scalars, enums, nullable type lists, length/item bounds)."""
+    seen = _SEEN.get(id(schema))
+    if seen is not None and seen[0] is schema and seen[1] == name:  # an action's schema object, asked again
+        return seen[2]
     key = (name, json.dumps(schema, sort_keys=True))
     if key not in _MODELS:  # building a pydantic model costs ~0.7 ms: once per schema, not per call
         _MODELS[key] = _type_for(name, schema)
+    if len(_SEEN) >= 1024:  # schemas built per call (the factory's) must not pile up
+        _SEEN.clear()
+    _SEEN[id(schema)] = (schema, name, _MODELS[key])  # holding `schema` keeps its id from being reused
     return _MODELS[key]  # type: ignore[return-value]
 
 
 _MODELS: dict[tuple[str, str], Any] = {}
+_SEEN: dict[int, tuple[dict, str, Any]] = {}  # id(schema) -> the model: skips the canonical dump
 
 
 def _type_for(name: str, schema: dict) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError  # noqa: F401  (re-exported)
@@ -55,8 +54,19 @@ def child_id(parent_id: str, round: int, index: int) -> str:
     return f"{parent_id}.{round}.{index}"
 
 
+_SECOND: tuple[int, str] = (0, "")  # the last whole second formatted: one tuple, swapped atomically
+
+
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    """UTC, ISO 8601 to the millisecond: `2026-12-03T07:51:42.207+00:00`. A node stamps several
+    records; formatting the second once per second costs a third of `datetime.isoformat`."""
+    global _SECOND
+    t = time.time()
+    second = int(t)
+    cached = _SECOND
+    if cached[0] != second:
+        cached = _SECOND = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int((t - second) * 1000):03d}+00:00"
 
 
 class Model(BaseModel):

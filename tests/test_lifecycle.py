@@ -1124,3 +1124,15 @@ def test_giving_up_takes_back_its_own_spawn_and_the_dead_claims():
     assert engine.fail_node(sid, delivery[1], "gave up", claim=err.value.claim_attempt)
     counters = engine.counters(sid)[0]
     assert (counters.nodes, counters.spawns) == (1, {})
+
+
+def test_timestamps_are_iso_utc_to_the_millisecond():
+    from datetime import UTC, datetime
+
+    from swarm_core.models import now
+
+    before = datetime.now(UTC)
+    stamp = now()
+    after = datetime.now(UTC)
+    assert len(stamp) == len("2026-12-03T07:51:42.207+00:00") and stamp.endswith("+00:00")
+    assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= datetime.fromisoformat(stamp) <= after
