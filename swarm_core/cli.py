@@ -527,12 +527,9 @@ def cmd_replay(args) -> int:
             err.print(f"tree identical to {args.swarm_id}: {'yes' if identical else 'NO'}")
         code = _finish(engine, swarm_id, args, status, {"replay_of": args.swarm_id, "identical": identical})
     except (SwarmError, StoreError) as exc:  # the new swarm exists now: say which it is
-        message = f"replay {swarm_id} of {args.swarm_id}: {exc}"
-        try:
-            named = type(exc)(message)
-        except Exception:  # an adapter's own error type, built from other arguments
-            named = (StoreError if isinstance(exc, StoreError) else SwarmError)(message)
-        raise named from None
+        # the base type, not type(exc): an adapter's own error type may take other arguments
+        kind = StoreError if isinstance(exc, StoreError) else SwarmError
+        raise kind(f"replay {swarm_id} of {args.swarm_id}: {exc}") from None
     return code if identical else max(code, 1)
 
 

@@ -12,6 +12,7 @@ import time
 
 import pytest
 from conftest import CLEAN_ENV, REPO, Reply
+from swarm_core.store import StoreError
 from scripted import default_responder
 from test_llm_http import http_responder
 
@@ -265,16 +266,23 @@ def test_replay_of_a_corrupted_swarm_is_refused_before_a_new_swarm_is_made(tmp_p
     assert [s["swarm_id"] for s in json.loads(swarm("list", "--json", "--store", store, check=0).stdout)["swarms"]] == [sid]
 
 
-def test_a_replay_that_fails_once_started_names_the_new_swarm(tmp_path, monkeypatch, capsys):
+class _AdapterError(StoreError):
+    """A store adapter's own error type, built from other arguments than a message."""
+
+    def __init__(self, key: str, code: int):
+        super().__init__(f"cannot read {key}: HTTP {code}")
+
+
+@pytest.mark.parametrize("error", [StoreError, lambda message: _AdapterError(message.split()[2], 503)])
+def test_a_replay_that_fails_once_started_names_the_new_swarm(tmp_path, monkeypatch, capsys, error):
     from swarm_core import cli
     from swarm_core.engine import Engine
-    from swarm_core.store import StoreError
 
     store = f"file://{tmp_path}"
     sid = _demo_swarm(store)
 
     def unreadable(self, swarm_id):
-        raise StoreError(f"cannot read swarms/{swarm_id}/swarm.json in {store}: Input/output error")
+        raise error(f"cannot read swarms/{swarm_id}/swarm.json in {store}: Input/output error")
 
     monkeypatch.setattr(Engine, "status", unreadable)
     assert cli.main(["replay", sid, "--store", store, "--json"]) == 1
