@@ -12,9 +12,10 @@ import time
 
 import pytest
 from conftest import CLEAN_ENV, REPO, Reply
-from swarm_core.store import StoreError
 from scripted import default_responder
 from test_llm_http import http_responder
+
+from swarm_core.store import StoreError
 
 DEMO_GOAL = json.loads((REPO / "blueprints/default/recordings/lisbon.json").read_text())["goal"]
 
