@@ -1,8 +1,9 @@
 """The swarm blueprint: the configuration one deployment runs with, read from a TOML file.
 
 Resolution: `--blueprint` / `SWARM_BLUEPRINT` (a folder holding `blueprint.toml`, or
-the file itself), else `blueprints/default`. `SWARM_STORE`, `SWARM_MODEL` and `SWARM_LLM_MODE`
-override the file (ENV_OVERRIDES) so the same blueprint runs against any store or model.
+the file itself), else `blueprints/default`. `SWARM_STORE`, `SWARM_MODEL`, `SWARM_LLM_MODE` and
+`SWARM_DISPATCHER_RUNNER` override the file (ENV_OVERRIDES) so the same blueprint runs against
+any store or model.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from .sandbox import Limits
 BLUEPRINTS_DIR = Path(__file__).resolve().parent.parent / "blueprints"
 DEFAULT_BLUEPRINT = BLUEPRINTS_DIR / "default"
 # (section, key) of a blueprint setting -> the environment variable that overrides it
-ENV_OVERRIDES = {("stores", "state"): "SWARM_STORE", ("llm", "model"): "SWARM_MODEL", ("llm", "mode"): "SWARM_LLM_MODE"}
+ENV_OVERRIDES = {
+    ("stores", "state"): "SWARM_STORE",
+    ("llm", "model"): "SWARM_MODEL",
+    ("llm", "mode"): "SWARM_LLM_MODE",
+    ("dispatcher", "runner"): "SWARM_DISPATCHER_RUNNER",
+}
 
 
 class ConfigError(ValueError):
@@ -47,6 +53,7 @@ class StoreSettings(_Section):
 class DispatcherSettings(_Section):
     kind: Literal["local", "http", "cloud_tasks", "pubsub", "azure_queue"] = "local"
     concurrency: int = Field(16, ge=1, le=4096)
+    runner: Literal["threads", "greenlets"] = "threads"  # local only: a thread per node, or a greenlet per node on one loop
     lease_seconds: float = Field(900, gt=0)
     url: str = ""
 

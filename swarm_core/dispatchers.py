@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlsplit
 
 from .config import ConfigError, SwarmBlueprint
-from .dispatch import Dispatcher, LocalDispatcher, PooledDispatcher
+from .dispatch import Dispatcher, PooledDispatcher, local_dispatcher
 from .models import NodeBlueprint
 
 if TYPE_CHECKING:
@@ -49,12 +49,16 @@ def env_int(name: str, default: int) -> int:
 
 
 def make_dispatcher(blueprint: SwarmBlueprint) -> Dispatcher:
-    """The blueprint's dispatcher; `SWARM_DISPATCHER` and `SWARM_EXECUTE_NODE_URL` override it."""
+    """The blueprint's dispatcher; `SWARM_DISPATCHER` and `SWARM_EXECUTE_NODE_URL` override it
+    (`SWARM_DISPATCHER_RUNNER` overrides the blueprint's `runner` when it is loaded)."""
     kind = os.environ.get("SWARM_DISPATCHER") or blueprint.dispatcher.kind
     url = os.environ.get("SWARM_EXECUTE_NODE_URL") or blueprint.dispatcher.url
     concurrency = min(blueprint.dispatcher.concurrency, 64)
+    if kind in REMOTE and "runner" in blueprint.dispatcher.model_fields_set:
+        source = "SWARM_DISPATCHER_RUNNER" if os.environ.get("SWARM_DISPATCHER_RUNNER") else "the blueprint"
+        raise ConfigError(f"[dispatcher] runner (from {source}) is a setting of kind \"local\" only; this dispatcher is {kind!r}")
     if kind == "local":
-        return LocalDispatcher(blueprint.dispatcher.concurrency)
+        return local_dispatcher(blueprint.dispatcher)
     if kind == "http":
         return HttpDispatcher(url, concurrency=concurrency)
     if kind == "cloud_tasks":

@@ -21,9 +21,10 @@ from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from . import cooperative
 from .actions import ActionError, ActionSpace, ActionSpec, NodeContext, run_action
 from .config import ConfigError, SwarmBlueprint
-from .dispatch import Dispatcher, LocalDispatcher
+from .dispatch import Dispatcher, local_dispatcher
 from .executor import ExecResult, FunctionError
 from .factory import Functions, Progress
 from .llm import BudgetExceeded, LLMError, LLMSession, OpenAITransport, RecordedTransport, Transport
@@ -120,7 +121,7 @@ class Engine:
         self.blueprint = blueprint
         self.stores = stores or Stores.open(blueprint)
         self.state, self.history = self.stores.state, self.stores.history
-        self.dispatcher = dispatcher or LocalDispatcher(blueprint.dispatcher.concurrency)
+        self.dispatcher = dispatcher or local_dispatcher(blueprint.dispatcher)
         self.dispatcher.bind(self)
         self.space = ActionSpace.from_dirs(blueprint.action_paths)  # the built-ins
         # The deployment's own actions: read from the actions store at every node invocation.
@@ -652,7 +653,7 @@ class Engine:
             updated = base.model_copy(update={**update, "spawns": spawns})
             if updated == counters or self.state.swap(key, dump(updated), version):
                 return None
-            time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
+            cooperative.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
         raise StoreError(f"could not update {key}: too much contention")
 
     def _settle(self, header: SwarmHeader, rec: NodeRecord, claim: bytes, outcome, session: LLMSession, reserved: Usage) -> NodeRecord:

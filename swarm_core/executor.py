@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from .actions import ActionError, ActionSpec, load_handler, render
 from .config import SandboxSettings
+from .cooperative import blocking
 from .llm import LLMError, LLMSession
 from .sandbox import SandboxError, call_function
 from .space import FunctionVersion, SpaceError, SpaceStore
@@ -145,7 +146,7 @@ def _run_llm(spec: ActionSpec, args: dict[str, Any], llm: LLMSession | None, sys
 def _run_builtin(spec: ActionSpec, args: dict[str, Any]) -> Any:
     try:
         fn = load_handler(spec.entry if ":" in spec.entry else ":".join(spec.entry.rsplit(".", 1)))
-        return fn(**args)
+        return blocking(fn, **args)  # a user's function may block: not on the greenlet runner's loop
     except ActionError as exc:
         raise FunctionError(str(exc)) from None
     except Exception as exc:  # a built-in's own failure, reported like a sandboxed one

@@ -18,6 +18,7 @@ from typing import Any, Callable, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from . import cooperative
 from .models import LLMCall, Usage
 
 Mode = Literal["json_schema", "json_object_schema", "tools", "prompt"]
@@ -338,7 +339,7 @@ class OpenAITransport:
         if mode in ("json_object_schema", "prompt"):
             messages = [_schema_hint(schema)] + messages
         try:
-            resp = self.client.chat.completions.create(messages=messages, **kwargs)
+            resp = cooperative.blocking(self.client.chat.completions.create, messages=messages, **kwargs)  # off the greenlet runner's loop
         except openai.APIStatusError as exc:
             raise LLMError(f"LLM server {self.server} answered HTTP {exc.status_code}: {_api_message(exc)}") from None
         except openai.APIConnectionError as exc:
@@ -458,7 +459,8 @@ class RecordedTransport:
 
 class FunctionTransport:
     """Answers from a Python function `(messages, schema_name, schema, key) -> str | dict`:
-    the scripted LLM of tests and benchmarks."""
+    the scripted LLM of tests and benchmarks. It waits `delay_s` with `cooperative.sleep`, so on
+    the greenlet runner a pending call holds no thread; `fn` itself runs on the loop and must not block."""
 
     def __init__(self, fn: Callable[..., Any], delay_s: float = 0.0):
         self.fn = fn
@@ -466,7 +468,7 @@ class FunctionTransport:
 
     def complete(self, messages, schema_name, schema, key, **_) -> Completion:
         if self.delay_s:
-            time.sleep(self.delay_s)
+            cooperative.sleep(self.delay_s)
         out = self.fn(messages, schema_name, schema, key)
         text = out if isinstance(out, str) or out is None else json.dumps(out)
         return Completion(text, prompt_tokens=len(json.dumps(messages)) // 4, completion_tokens=len(text or "") // 4)

@@ -59,6 +59,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .cooperative import blocking  # every run waits on a pool thread, not on the loop
+
 __all__ = [
     "CallError",
     "CallResult",
@@ -233,7 +235,7 @@ def run_python(
     """
     if _relative_path(script) not in {_relative_path(name) for name in files}:
         raise SandboxError(f"script {script!r} is not one of the files given")
-    out = _execute("script", files, {"script": _relative_path(script)}, limits, requirements, stdin)
+    out = blocking(_execute, "script", files, {"script": _relative_path(script)}, limits, requirements, stdin)
     return RunResult(
         returncode=out.returncode,
         stdout=out.stdout,
@@ -261,7 +263,7 @@ def call_function(
     own return value, never the record that reaches the caller.
     """
     job = {"function": function, "args": _json_text(dict(args or {}), "args")}
-    out = _execute("call", {"solution.py": code}, job, limits, requirements, None)
+    out = blocking(_execute, "call", {"solution.py": code}, job, limits, requirements, None)
     common: dict[str, Any] = {
         "stdout": out.stdout,
         "stderr": out.stderr,
@@ -311,7 +313,7 @@ def run_tests(
         "cases": [{"args": _json_text(c.args, f"args of case {c.name!r}"), "assertion": c.assertion} for c in checked],
         "case_timeout_s": min(case_timeout_s, limits.wall_s),
     }
-    out = _execute("tests", {"solution.py": code}, job, limits, requirements, None)
+    out = blocking(_execute, "tests", {"solution.py": code}, job, limits, requirements, None)
 
     records: dict[int, dict[str, Any]] = {}
     tampered = out.garbled

@@ -20,11 +20,11 @@ from __future__ import annotations
 import ast
 import json
 import random
-import time
 from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from . import cooperative
 from .actions import PYTHON_HANDLER, ROOT_FOLDER, ActionError, ActionSpace, ActionSpec, Entry, FolderSpec, load_handler
 from .models import now
 from .sandbox import TestReport
@@ -262,7 +262,7 @@ class SpaceStore:
             done = self.store.create(SPACE_KEY, data.encode()) if ver is None else self.store.swap(SPACE_KEY, data.encode(), ver)
             if done:
                 return result
-            time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
+            cooperative.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
         raise StoreError(f"could not update {SPACE_KEY}: too much contention")
 
     def _dry_run(self, spec: ActionSpec) -> None:

@@ -1,0 +1,75 @@
+"""Nodes as greenlets on one asyncio loop: a node waiting for something holds no thread.
+
+The `greenlets` runner of the local dispatcher (`dispatch.CooperativeDispatcher`) runs each
+node's engine code, unchanged and synchronous, in a greenlet on the loop's thread. Where that
+code would wait, it calls one of the helpers below: inside a node greenlet they switch to the
+loop until the wait is over, so other nodes run meanwhile; anywhere else (the `threads`
+runner, the CLI's main thread, a pool thread) they wait the ordinary way. This module is the
+only one that knows about greenlets.
+
+Every node shares the loop's thread, so a call that blocks it stalls them all: blocking I/O
+goes through `blocking`, waits through `sleep`, and no `threading.Lock` may be held across
+either (another node on the same thread would wait for it forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from greenlet import getcurrent, greenlet
+
+T = TypeVar("T")
+
+
+class _Node(greenlet):
+    """One node's greenlet; its parent is the loop's own greenlet, `executor` runs its blocking calls."""
+
+    def __init__(self, run: Callable[..., Any], executor: Executor):
+        super().__init__(run)
+        self.executor = executor
+
+
+def suspend(awaitable: Awaitable[T]) -> T:
+    """From inside a node greenlet: let the loop await `awaitable`, then return its result or
+    raise its exception here. Other nodes run in the meantime."""
+    node = getcurrent()
+    if type(node) is not _Node:
+        raise RuntimeError("cooperative.suspend called outside a node greenlet: there is no loop to switch to")
+    return node.parent.switch(awaitable)
+
+
+def blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)`, which may block: inside a node greenlet it runs on the dispatcher's
+    thread pool while the node is suspended; anywhere else it is simply called."""
+    node = getcurrent()
+    if type(node) is not _Node:  # one C call and a type check: this is on every node's path
+        return fn(*args, **kwargs)
+    future = asyncio.get_running_loop().run_in_executor(node.executor, functools.partial(fn, *args, **kwargs))
+    return node.parent.switch(future)
+
+
+def sleep(seconds: float) -> None:
+    """`asyncio.sleep` inside a node greenlet (no thread waits), `time.sleep` anywhere else."""
+    if type(getcurrent()) is _Node:
+        suspend(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
+
+
+async def run_node(run: Callable[..., Any], *args: Any, executor: Executor) -> None:
+    """Run `run(*args)` in a new node greenlet until it returns, awaiting on its behalf whatever
+    it suspends on. What `run` raises is raised here; `run` should catch what it can."""
+    node = _Node(run, executor)
+    awaited = node.switch(*args)
+    while not node.dead:
+        try:
+            result = await awaited
+        except BaseException as exc:  # noqa: BLE001 - cancellation too: raised where the node suspended
+            awaited = node.throw(exc)
+        else:
+            awaited = node.switch(result)
