@@ -67,6 +67,8 @@ def _version(data: bytes) -> str:
 
 
 class FileStore(Store):
+    inline = True  # local and quick: the greenlet runner calls it on its loop's thread
+
     def __init__(self, path: str = "./.swarm"):
         self.root = os.path.abspath(os.path.expanduser(path or "./.swarm"))
         self.uri = f"file://{self.root}"

@@ -50,6 +50,8 @@ class _Object(MemoryFile):
 
 
 class MemoryStore(Store):
+    inline = True  # local and quick: the greenlet runner calls it on its loop's thread
+
     def __init__(self, name: str = "swarm"):
         self.name = (name or "swarm").strip("/")
         self.uri = f"memory://{self.name}"

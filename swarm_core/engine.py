@@ -52,7 +52,7 @@ from .models import (
     now,
 )
 from .space import FunctionVersion, SpaceStore
-from .store import KeyNotFound, Store, StoreError, open_store
+from .store import KeyNotFound, Store, StoreError, offload, open_store
 
 log = logging.getLogger("swarm")
 # A child's first LLM call is counted in the swarm's counters when its parent spawns it, so
@@ -103,6 +103,10 @@ class Stores:
         for uri in set(uris.values()):
             opened[uri] = open_store(uri)
         return cls(**{c: opened[u] for c, u in uris.items()})
+
+    def __post_init__(self) -> None:  # a store doing network I/O must not block the greenlet runner's loop
+        for concern in ("state", "history", "actions", "memory"):
+            setattr(self, concern, offload(getattr(self, concern)))
 
 
 def dump(model: BaseModel) -> bytes:

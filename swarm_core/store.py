@@ -11,6 +11,9 @@ import importlib
 import re
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
+from typing import Any
+
+from .cooperative import blocking
 
 # Segments of letters, digits and `_.-`, none of them `.` or `..`: one match per key.
 _SEGMENT = r"(?!\.\.?(?:/|\Z))[A-Za-z0-9_.\-]+"
@@ -53,6 +56,10 @@ class Store(ABC):
     """
 
     uri: str = ""
+    # True for a store whose calls are quick local work (file, memory): the greenlet runner makes
+    # them on its loop's thread. Every other store's calls go through `cooperative.blocking`
+    # (`Stores` wraps them with `offload`), so a slow request holds a pool thread, not every node.
+    inline: bool = False
 
     @abstractmethod
     def read(self, key: str) -> bytes:
@@ -101,6 +108,53 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.uri}>"
+
+
+class OffloadedStore(Store):
+    """A store that does network I/O, each call made through `cooperative.blocking`."""
+
+    inline = True  # its calls suspend the node rather than block the loop
+
+    def __init__(self, inner: Store):
+        self.inner = inner
+        self.uri = inner.uri
+
+    def __getattr__(self, name: str) -> Any:  # the adapter's own extras (a client, a bucket name)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def read(self, key: str) -> bytes:
+        return blocking(self.inner.read, key)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        return blocking(self.inner.read_versioned, key)
+
+    def version(self, key: str) -> str:
+        return blocking(self.inner.version, key)
+
+    def exists(self, key: str) -> bool:
+        return blocking(self.inner.exists, key)
+
+    def write(self, key: str, data: bytes) -> None:
+        blocking(self.inner.write, key, data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        return blocking(self.inner.create, key, data)
+
+    def swap(self, key: str, data: bytes, expected_version: str) -> bool:
+        return blocking(self.inner.swap, key, data, expected_version)
+
+    def list(self, prefix: str) -> list[str]:
+        return blocking(self.inner.list, prefix)
+
+    def delete(self, key: str) -> None:
+        blocking(self.inner.delete, key)
+
+
+def offload(store: Store) -> Store:
+    """`store` itself when its calls are `inline`, else it wrapped so they leave the loop."""
+    return store if store.inline else OffloadedStore(store)
 
 
 # scheme -> "module:Class"; the module is imported only when the scheme is used.
