@@ -29,7 +29,7 @@ from swarm_core.runtime import build_engine, llm_source_for
 MAX_BODY = 1024 * 1024
 ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 500: "internal"}
 ENV = (
-    "SWARM_BLUEPRINT", "SWARM_STORE", "SWARM_MODEL", "SWARM_LLM_MODE", "SWARM_DISPATCHER", "SWARM_EXECUTE_NODE_URL",
+    "SWARM_BLUEPRINT", "SWARM_STORE", "SWARM_MODEL", "SWARM_LLM_MODE", "SWARM_DISPATCHER", "SWARM_DISPATCHER_RUNNER", "SWARM_EXECUTE_NODE_URL",
     "SWARM_TASKS_QUEUE", "SWARM_PUBSUB_TOPIC", "SWARM_AZURE_QUEUE",
 )  # fmt: skip
 invocations = logging.getLogger("swarm.invocations")

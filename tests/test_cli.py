@@ -299,8 +299,8 @@ def test_failed_swarm_exits_1(stub, tmp_path):
     assert out["status"] == "failed" and "break_down_goal: no valid answer after 3 attempts" in out["error"]
 
 
-def _fanned_out_run(stub, tmp_path, leaf_delay_s: float):
-    """`swarm run --json` of six slow leaves in a subprocess; returns once all six are running."""
+def _fanned_out_run(stub, tmp_path, leaf_delay_s: float, runner: str = "threads"):
+    """`swarm run --json` of six slow leaves in a subprocess, on `runner`; returns once all six are running."""
     slow = http_responder(default_responder(subtasks=[f"part {i}" for i in range(6)]))
 
     def respond(req):
@@ -310,7 +310,7 @@ def _fanned_out_run(stub, tmp_path, leaf_delay_s: float):
         return reply
 
     stub.responder = respond
-    env = {**CLEAN_ENV, "OPENAI_BASE_URL": stub.base_url}
+    env = {**CLEAN_ENV, "OPENAI_BASE_URL": stub.base_url, "SWARM_DISPATCHER_RUNNER": runner}
     proc = subprocess.Popen(
         [sys.executable, "-m", "swarm_core.cli", "run", "six parts", "--store", f"file://{tmp_path}", "--json"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -333,9 +333,9 @@ def _resume_completes_once(stub, store: str, sid: str) -> None:
     assert all(n["status"] == "done" for n in out["nodes"])
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_or_sigterm_lets_running_nodes_finish_starts_nothing_new_and_names_the_swarm(stub, tmp_path, sig, code):
-    proc, sid = _fanned_out_run(stub, tmp_path, leaf_delay_s=2.0)
+@pytest.mark.parametrize("sig, code, runner", [(signal.SIGINT, 130, "threads"), (signal.SIGTERM, 143, "threads"), (signal.SIGINT, 130, "greenlets")])
+def test_ctrl_c_or_sigterm_lets_running_nodes_finish_starts_nothing_new_and_names_the_swarm(stub, tmp_path, sig, code, runner):
+    proc, sid = _fanned_out_run(stub, tmp_path, leaf_delay_s=2.0, runner=runner)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr

@@ -1,0 +1,274 @@
+"""The `greenlets` runner of the local dispatcher: every node a greenlet on one asyncio loop,
+every blocking call on a node's path made off that loop (swarm_core/cooperative.py)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+import time
+import uuid
+from types import SimpleNamespace
+from typing import ClassVar
+
+import pytest
+import test_lifecycle
+from conftest import FANOUT, REPO, make_engine, run_goal
+from scripted import default_responder
+from test_cli import DEMO_GOAL, swarm
+from test_llm_http import http_responder
+
+from backends.memory import MemoryStore
+from swarm_core import cooperative
+from swarm_core.config import ConfigError, load_blueprint
+from swarm_core.dispatch import CooperativeDispatcher, LocalDispatcher
+from swarm_core.dispatchers import make_dispatcher
+from swarm_core.engine import Engine
+from swarm_core.llm import OpenAITransport
+from swarm_core.models import NodeBlueprint
+from swarm_core.sandbox import call_function
+from swarm_core.store import OffloadedStore
+
+
+def until(condition, what: str, timeout: float = 60.0):
+    """Poll `condition` until it returns something true; fail naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)
+    return found
+
+
+def test_a_wide_fan_out_holds_no_thread_per_pending_call_and_resumes_the_parent_once(tmp_path):
+    n = 200
+    dispatcher = CooperativeDispatcher(256)
+    engine = make_engine(default_responder(subtasks=[f"part {i}" for i in range(n)]), store=f"file://{tmp_path}",
+                         blueprint=FANOUT, dispatcher=dispatcher, delay_s=1.0, budgets={"max_nodes": n + 10})
+    threads_before = threading.active_count()
+    sid, _ = engine.load_goal("Fan out wide")
+
+    def all_leaves_pending():
+        leaves = [r.status for r in engine.nodes(sid) if r.blueprint.parent_id == "root" and r.blueprint.action == "write_text"]
+        assert "done" not in leaves, "a leaf finished before every leaf's call was pending: the calls ran one at a time"
+        return len(leaves) == n and set(leaves) == {"running"} and threading.active_count()
+
+    # All 200 scripted calls are waiting out their delay at once, on the loop's one thread.
+    assert until(all_leaves_pending, "200 leaves running at once") - threads_before <= 2  # the loop, and no pool thread
+    assert dispatcher.wait(60) and not dispatcher.errors
+    assert engine.status(sid)["status"] == "done" and engine.status(sid)["nodes"] == n + 2
+    assert [e.round for e in engine.events(sid) if e.kind == "resumed"] == [1, 2]  # once after the leaves, once after the supervisor
+    assert len(engine.read_join(sid, "root", 0)) == n
+    assert engine.counters(sid)[0].llm_calls == n + 2
+    dispatcher.close()
+
+
+def test_the_openai_sdk_over_http_runs_on_a_pool_thread(stub):
+    stub.responder = http_responder(default_responder(subtasks=("a", "b", "c")))
+    bp = load_blueprint()
+    bp.stores.state = f"memory://{uuid.uuid4().hex}"
+    bp.llm = bp.llm.model_copy(update={"base_url": stub.base_url, "model": "stub-model", "max_retries": 0})
+    transport = OpenAITransport(bp.llm)
+    sdk, threads = transport.client, []
+
+    class Completions:
+        def create(self, **request):
+            threads.append(threading.current_thread().name)
+            return sdk.chat.completions.create(**request)
+
+    transport.client = SimpleNamespace(chat=SimpleNamespace(completions=Completions()), base_url=sdk.base_url)
+    engine = Engine(bp, transport=transport, dispatcher=CooperativeDispatcher(8))
+    sid = run_goal(engine)
+    assert engine.status(sid)["status"] == "done" and not engine.dispatcher.errors
+    assert len(threads) == len(stub.requests) == 5  # plan, three leaves, supervisor
+    assert all(name.startswith("swarm-node") for name in threads), threads  # the pool, never the loop
+
+
+class ScriptedEngine:
+    """Stands in for the engine: `execute_node` runs the function the test gave for that node."""
+
+    def __init__(self, **nodes):
+        self.nodes = nodes
+
+    def execute_node(self, swarm_id, bp):
+        return self.nodes[bp.node_id]()
+
+
+def node(node_id: str) -> NodeBlueprint:
+    return NodeBlueprint(node_id=node_id, action="write_text")
+
+
+def test_stop_drops_queued_nodes_ignores_new_ones_and_lets_the_running_one_finish():
+    started, release = [], threading.Event()
+
+    def slow():
+        started.append(threading.current_thread().name)
+        cooperative.blocking(release.wait, 10)  # a node waiting on a blocking call, off the loop
+
+    d = CooperativeDispatcher(1)
+    d.bind(ScriptedEngine(**{f"root.0.{i}": slow for i in range(4)}))
+    for i in range(3):
+        d.dispatch("sw", node(f"root.0.{i}"))
+    until(lambda: started, "the first node started")
+    assert not d.wait(0.2) and d.busy and started == ["swarm-loop"]
+    assert d.stop() == 1  # root.0.1 and root.0.2 were queued: dropped
+    d.dispatch("sw", node("root.0.3"))
+    release.set()
+    assert d.wait(10) and started == ["swarm-loop"] and not d.errors and not d.busy
+    d.close()
+
+
+def test_an_exception_in_a_node_is_recorded_wherever_it_was_raised():
+    def after_a_sleep():
+        cooperative.sleep(0.01)
+        raise ValueError("late")
+
+    def in_a_blocking_call():
+        def fails():
+            raise OSError(f"on {threading.current_thread().name}")
+
+        cooperative.blocking(fails)
+
+    def at_once():
+        raise RuntimeError("boom")
+
+    d = CooperativeDispatcher(4)
+    d.bind(ScriptedEngine(a=at_once, b=after_a_sleep, c=in_a_blocking_call, d=lambda: None))
+    for node_id in "abcd":
+        d.dispatch("sw", node(node_id))
+    assert d.wait(10)
+    assert sorted(d.errors) == ["sw a: RuntimeError: boom", "sw b: ValueError: late", "sw c: OSError: on swarm-node_0"]
+    d.close()
+
+
+def test_a_sandbox_run_does_not_stall_the_other_nodes():
+    order, d = [], CooperativeDispatcher(4)
+
+    def runs_code():
+        d.dispatch("sw", node("quick"))  # ready to run before this node reaches the sandbox
+        order.append("sandbox starts")
+        out = call_function("def f(x):\n    return x * 2\n", "f", {"x": 21})
+        order.append(f"sandbox returned {out.value}")
+
+    d.bind(ScriptedEngine(slow=runs_code, quick=lambda: order.append("the other node ran")))
+    d.dispatch("sw", node("slow"))
+    assert d.wait(60) and not d.errors
+    assert order == ["sandbox starts", "the other node ran", "sandbox returned 42"]
+    d.close()
+
+
+class FarStore(MemoryStore):
+    """A memory store that says it does network I/O, like a cloud adapter, and notes the thread of each call."""
+
+    inline = False
+    threads: ClassVar[list[str]] = []
+
+    def _noted(self, call, *args):
+        self.threads.append(threading.current_thread().name)
+        return call(*args)
+
+    def read_versioned(self, key):
+        return self._noted(super().read_versioned, key)
+
+    def create(self, key, data):
+        return self._noted(super().create, key, data)
+
+    def swap(self, key, data, expected_version):
+        return self._noted(super().swap, key, data, expected_version)
+
+    def list(self, prefix):
+        return self._noted(super().list, prefix)
+
+
+def test_a_store_that_is_not_inline_is_called_off_the_loop():
+    FarStore.threads.clear()
+    engine = make_engine(default_responder(subtasks=("a", "b", "c")), store=f"{__name__}:FarStore?{uuid.uuid4().hex}",
+                         dispatcher=CooperativeDispatcher(8))
+    assert isinstance(engine.state, OffloadedStore) and isinstance(engine.state.inner, FarStore)
+    sid = run_goal(engine)
+    assert engine.status(sid)["status"] == "done" and not engine.dispatcher.errors
+    nodes = [name for name in FarStore.threads if name != "MainThread"]  # load_goal's and status's own calls
+    assert len(nodes) > 5 * 13 and all(name.startswith("swarm-node") for name in nodes), set(nodes)
+
+
+# --- configuration -----------------------------------------------------------------
+
+
+def test_the_runner_is_chosen_by_the_blueprint_or_the_environment(tmp_path, monkeypatch):
+    assert type(make_dispatcher(load_blueprint())) is LocalDispatcher  # threads stay the default
+    file = tmp_path / "blueprint.toml"
+    file.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\n[dispatcher]\nrunner = "greenlets"\n')
+    assert type(make_dispatcher(load_blueprint(file))) is CooperativeDispatcher
+    monkeypatch.setenv("SWARM_DISPATCHER_RUNNER", "threads")
+    assert type(make_dispatcher(load_blueprint(file))) is LocalDispatcher
+    monkeypatch.setenv("SWARM_DISPATCHER_RUNNER", "greenlets")
+    bp = load_blueprint()
+    bp.stores.state = f"memory://{uuid.uuid4().hex}"
+    assert type(make_dispatcher(bp)) is CooperativeDispatcher
+    assert type(Engine(bp).dispatcher) is CooperativeDispatcher  # an Engine built without a dispatcher too
+
+
+@pytest.mark.parametrize(
+    "env, blueprint, needle",
+    [
+        ({"SWARM_DISPATCHER_RUNNER": "fibres"}, "", "blueprint setting dispatcher.runner from SWARM_DISPATCHER_RUNNER: Input should be 'threads' or 'greenlets'"),
+        ({}, '[dispatcher]\nrunner = "fibres"\n', "blueprint setting dispatcher.runner from {file}: Input should be 'threads' or 'greenlets'"),
+        ({"SWARM_DISPATCHER_RUNNER": "greenlets", "SWARM_DISPATCHER": "http", "SWARM_EXECUTE_NODE_URL": "http://127.0.0.1:9/"}, "",
+         "[dispatcher] runner (from SWARM_DISPATCHER_RUNNER) is a setting of kind \"local\" only; this dispatcher is 'http'"),
+        ({}, '[dispatcher]\nkind = "http"\nurl = "http://127.0.0.1:9/"\nrunner = "threads"\n',
+         "[dispatcher] runner (from the blueprint) is a setting of kind \"local\" only; this dispatcher is 'http'"),
+    ],
+)
+def test_a_wrong_runner_is_one_line_naming_its_source(tmp_path, monkeypatch, env, blueprint, needle):
+    file = tmp_path / "blueprint.toml"
+    file.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\n{blueprint}')
+    proc = swarm("list", "--blueprint", str(file), "--store", f"file://{tmp_path}", env=env, check=2)
+    assert needle.format(file=file) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="runner"):
+        make_dispatcher(load_blueprint(file))
+
+
+# --- the CLI, and lifecycle tests, on greenlets --------------------------------------
+
+
+def test_the_demo_runs_to_the_end_on_greenlets(tmp_path):
+    store = f"file://{tmp_path}"
+    out = json.loads(swarm("run", DEMO_GOAL, "--store", store, "--json", env={"SWARM_DISPATCHER_RUNNER": "greenlets"}, check=0).stdout)
+    assert out["status"] == "done" and out["usage"]["llm_calls"] == 7 and "Three days in Lisbon" in out["report"]
+
+
+def on_greenlets(test):
+    """Run a lifecycle test with `SWARM_DISPATCHER_RUNNER=greenlets`: its engines' default dispatcher is then a
+    CooperativeDispatcher (checked)."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        made = []
+        real = CooperativeDispatcher.__init__
+
+        def init(self, *a, **kw):
+            made.append(self)
+            real(self, *a, **kw)
+
+        os.environ["SWARM_DISPATCHER_RUNNER"] = "greenlets"
+        CooperativeDispatcher.__init__ = init
+        try:
+            test(*args, **kwargs)
+        finally:
+            CooperativeDispatcher.__init__ = real
+            del os.environ["SWARM_DISPATCHER_RUNNER"]
+        assert made and all(d._loop_thread is not None for d in made), "no node ran on greenlets"
+
+    return run
+
+
+test_parallel_join_on_greenlets = on_greenlets(test_lifecycle.test_parallel_join_resumes_parent_once_with_every_report)
+test_sequential_steps_on_greenlets = on_greenlets(test_lifecycle.test_sequential_steps_run_in_order_and_see_earlier_reports)
+test_sequential_failure_on_greenlets = on_greenlets(test_lifecycle.test_sequential_failure_cancels_later_steps)
+test_another_round_on_greenlets = on_greenlets(test_lifecycle.test_supervisor_not_done_plans_another_round_with_feedback)
+test_budgets_on_greenlets = on_greenlets(test_lifecycle.test_budgets_fail_a_branch_and_the_swarm_still_ends)
+test_ask_user_on_greenlets = on_greenlets(test_lifecycle.test_ask_user_waits_on_its_branch_while_the_rest_goes_on)
+test_repairs_on_greenlets = on_greenlets(test_lifecycle.test_invalid_answer_is_repaired_then_fails_cleanly)
+test_replay_on_greenlets = on_greenlets(test_lifecycle.test_replay_from_history_gives_the_same_tree_without_the_model)
