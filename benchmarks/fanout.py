@@ -9,6 +9,7 @@ scripted and sleeps L seconds per call.
     python benchmarks/fanout.py --json     # one JSON object on stdout
     python benchmarks/fanout.py --profile  # + cProfile of swarm, file store, N=1000, L=0
     python benchmarks/fanout.py --only swarm-file --n 1000 --latency 0.5 --repeats 5
+    python benchmarks/fanout.py --only swarm-file --only swarm-file-greenlets   # the two local runners
 
 Figures (issue 2, "Benchmark"):
   - overhead ms/node   = wall / (N + 2) at N=1000, L=0
@@ -19,7 +20,9 @@ Figures (issue 2, "Benchmark"):
     checkpointer's put + put_writes calls are the writes, get_tuple + list the reads.
 
 swarm is driven through its public API only: an Engine on the fan-out blueprint
-(tests/blueprints/fanout) with a FunctionTransport, `load_goal`, `dispatcher.wait()`.
+(tests/blueprints/fanout) with a FunctionTransport, `load_goal`, `dispatcher.wait()`; the
+`swarm-*` systems run nodes on threads, the `swarm-*-greenlets` ones with
+`[dispatcher] runner = "greenlets"` (a greenlet per node on one asyncio loop).
 LangGraph: StateGraph plan -> Send x N -> leaf -> supervisor, sync nodes sleeping L,
 InMemorySaver or SqliteSaver (file in a temp dir), `max_concurrency` = N.
 Floors: the same shape as bare sleeps with no engine at all, on a ThreadPoolExecutor(N) (the
@@ -69,10 +72,21 @@ TARGET_EFFICIENCY = 0.8
 TARGET_WRITES_PER_NODE = 6.0
 ORIENTATION = "LangGraph+SQLite 2.5 ms/node, efficiency 0.044 at N=1000, L=0.05 (issue 2, measured elsewhere)"
 
-SYSTEMS = ("swarm-memory", "swarm-file", "langgraph-memory", "langgraph-sqlite", "thread-floor", "asyncio-floor")
+SYSTEMS = (
+    "swarm-memory",
+    "swarm-file",
+    "swarm-memory-greenlets",
+    "swarm-file-greenlets",
+    "langgraph-memory",
+    "langgraph-sqlite",
+    "thread-floor",
+    "asyncio-floor",
+)
 LABELS = {
     "swarm-memory": "swarm memory://",
     "swarm-file": "swarm file://",
+    "swarm-memory-greenlets": "swarm memory:// greenlets",
+    "swarm-file-greenlets": "swarm file:// greenlets",
     "langgraph-memory": "LangGraph InMemorySaver",
     "langgraph-sqlite": "LangGraph SqliteSaver",
     "thread-floor": "floor: bare threads",
@@ -92,6 +106,7 @@ class CountingStore(Store):
     def __init__(self, inner: Store):
         self.inner = inner
         self.uri = inner.uri
+        self.inline = inner.inline  # a counted file or memory store stays on the greenlet runner's loop
         self.counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
@@ -236,22 +251,23 @@ class StoreLocation:
             fs.pseudo_dirs[:] = [d for d in fs.pseudo_dirs if not (d + "/").startswith(prefix)]
 
 
-def make_swarm_engine(store_uri: str, n: int, latency: float, dispatcher=None, count: bool = True, transport_cls=FunctionTransport):
+def make_swarm_engine(store_uri: str, n: int, latency: float, dispatcher=None, count: bool = True, runner: str = "threads"):
     bp = load_blueprint(FANOUT_BLUEPRINT)
     bp.stores.state = store_uri
     bp.dispatcher.concurrency = n
+    bp.dispatcher.runner = runner
     bp.budgets = bp.budgets.model_copy(update={"max_nodes": max(bp.budgets.max_nodes, n + 10)})
     stores, counters = Stores.open(bp), []
     if count:
         stores, counters = counting_stores(stores)
-    transport = transport_cls(responder(n), delay_s=latency)
+    transport = FunctionTransport(responder(n), delay_s=latency)
     return Engine(bp, stores=stores, transport=transport, dispatcher=dispatcher), counters
 
 
-def run_swarm(store_kind: str, n: int, latency: float) -> dict[str, Any]:
+def run_swarm(store_kind: str, n: int, latency: float, runner: str = "threads") -> dict[str, Any]:
     loc = StoreLocation(store_kind)
     try:
-        engine, counters = make_swarm_engine(loc.uri, n, latency)
+        engine, counters = make_swarm_engine(loc.uri, n, latency, runner=runner)
         gc.collect()
         t0, c0 = time.perf_counter(), time.process_time()
         swarm_id, _ = engine.load_goal("Fan out wide")
@@ -483,6 +499,8 @@ def run_asyncio_floor(n: int, latency: float) -> dict[str, Any]:
 RUNNERS: dict[str, Callable[[int, float], dict[str, Any]]] = {
     "swarm-memory": lambda n, lat: run_swarm("memory", n, lat),
     "swarm-file": lambda n, lat: run_swarm("file", n, lat),
+    "swarm-memory-greenlets": lambda n, lat: run_swarm("memory", n, lat, runner="greenlets"),
+    "swarm-file-greenlets": lambda n, lat: run_swarm("file", n, lat, runner="greenlets"),
     "langgraph-memory": lambda n, lat: run_langgraph("memory", n, lat),
     "langgraph-sqlite": lambda n, lat: run_langgraph("sqlite", n, lat),
     "thread-floor": run_thread_floor,
@@ -505,7 +523,7 @@ def measure(n_big: int, n_small: int, latency: float, repeats: int, systems=SYST
             for system in systems:
                 r = RUNNERS[system](n, lat)
                 runs[system][scenario].append(r)
-                log(f"  [{rep + 1}/{repeats}] {system:17s} {scenario:10s} N={n:<5d} L={lat:<5g} wall {r['wall_s']:.3f}s  writes/node {r['writes_per_node']:.2f}")
+                log(f"  [{rep + 1}/{repeats}] {system:22s} {scenario:10s} N={n:<5d} L={lat:<5g} wall {r['wall_s']:.3f}s  writes/node {r['writes_per_node']:.2f}")
 
     results: dict[str, Any] = {}
     for system in systems:
@@ -532,10 +550,18 @@ def measure(n_big: int, n_small: int, latency: float, repeats: int, systems=SYST
     return results
 
 
+# ratio name -> (swarm system, LangGraph system)
+RATIO_PAIRS = {
+    "file_vs_sqlite": ("swarm-file", "langgraph-sqlite"),
+    "memory_vs_inmemory": ("swarm-memory", "langgraph-memory"),
+    "file_greenlets_vs_sqlite": ("swarm-file-greenlets", "langgraph-sqlite"),
+    "memory_greenlets_vs_inmemory": ("swarm-memory-greenlets", "langgraph-memory"),
+}
+
+
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
     out = {}
-    pairs = {"file_vs_sqlite": ("swarm-file", "langgraph-sqlite"), "memory_vs_inmemory": ("swarm-memory", "langgraph-memory")}
-    for name, (sw, lg) in pairs.items():
+    for name, (sw, lg) in RATIO_PAIRS.items():
         if sw in results and lg in results:
             a, b = results[sw], results[lg]
             out[name] = {
@@ -548,13 +574,14 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 
 def targets(results: dict[str, Any], rat: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    f = results.get("swarm-file")
-    if f:
-        rows.append({"target": f"file store <= {TARGET_FILE_MS_PER_NODE} ms/node", "value": f["ms_per_node"], "met": f["ms_per_node"] <= TARGET_FILE_MS_PER_NODE})
-    if "file_vs_sqlite" in rat:
-        v = rat["file_vs_sqlite"]["ms_per_node"]
-        rows.append({"target": f"file store <= {TARGET_FILE_VS_LG_SQLITE}x LangGraph+SQLite ms/node", "value": v, "met": v <= TARGET_FILE_VS_LG_SQLITE})
-    for system in ("swarm-memory", "swarm-file"):
+    for system, ratio, runner in (("swarm-file", "file_vs_sqlite", ""), ("swarm-file-greenlets", "file_greenlets_vs_sqlite", " on greenlets")):
+        f = results.get(system)
+        if f:
+            rows.append({"target": f"file store{runner} <= {TARGET_FILE_MS_PER_NODE} ms/node", "value": f["ms_per_node"], "met": f["ms_per_node"] <= TARGET_FILE_MS_PER_NODE})
+        if ratio in rat:
+            v = rat[ratio]["ms_per_node"]
+            rows.append({"target": f"file store{runner} <= {TARGET_FILE_VS_LG_SQLITE}x LangGraph+SQLite ms/node", "value": v, "met": v <= TARGET_FILE_VS_LG_SQLITE})
+    for system in ("swarm-memory", "swarm-file", "swarm-memory-greenlets", "swarm-file-greenlets"):
         r = results.get(system)
         if not r:
             continue
@@ -602,10 +629,11 @@ def render_table(report: dict[str, Any]) -> str:
     if rat:
         w("\nRatios swarm / LangGraph (ms/node: lower is better for swarm; efficiency: higher is better)\n")
         for name, v in rat.items():
-            label = "file:// / SqliteSaver" if name == "file_vs_sqlite" else "memory:// / InMemorySaver"
+            sw, lg = RATIO_PAIRS[name]
+            label = f"{LABELS[sw].removeprefix('swarm ')} / {LABELS[lg].removeprefix('LangGraph ')}"
             eff = f"{v['efficiency']:.2f}x" if v["efficiency"] else "-"
             wr = f"{v['writes_per_node_big']:.2f}x" if v["writes_per_node_big"] else "-"
-            w(f"  {label:28s} ms/node {v['ms_per_node']:.2f}x   efficiency {eff}   writes/node {wr}\n")
+            w(f"  {label:36s} ms/node {v['ms_per_node']:.2f}x   efficiency {eff}   writes/node {wr}\n")
     floor, afloor = results.get("thread-floor"), results.get("asyncio-floor")
     if floor and floor["efficiency"] is not None:
         w(f"\nFloors: the same fan-out as bare sleeps, no engine and no storage. On a ThreadPoolExecutor(N), as the local\n"
@@ -621,7 +649,7 @@ def render_table(report: dict[str, Any]) -> str:
         for t in report["targets"]:
             v = t["value"]
             vs = "/".join(f"{x:.2f}" for x in v) if isinstance(v, list) else f"{v:.3f}"
-            w(f"  [{'MET' if t['met'] else 'NOT MET':7s}] {t['target']:58s} {vs}\n")
+            w(f"  [{'MET' if t['met'] else 'NOT MET':7s}] {t['target']:68s} {vs}\n")
     prof = report.get("profile")
     if prof:
         w(f"\nProfile: swarm {prof['store']}:// N={prof['n']} L=0, nodes run inline on one thread "
