@@ -58,6 +58,7 @@ class CountingStore(Store):
 
     def __init__(self, inner: Store):
         self.inner, self.uri = inner, inner.uri
+        self.inline = inner.inline  # counting adds no I/O: off the loop only if `inner` is
         self.counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
