@@ -44,7 +44,7 @@ def test_a_wide_fan_out_holds_no_thread_per_pending_call_and_resumes_the_parent_
     n = 200
     dispatcher = CooperativeDispatcher(256)
     engine = make_engine(default_responder(subtasks=[f"part {i}" for i in range(n)]), store=f"file://{tmp_path}",
-                         blueprint=FANOUT, dispatcher=dispatcher, delay_s=1.0, budgets={"max_nodes": n + 10})
+                         blueprint=FANOUT, dispatcher=dispatcher, delay_s=2.5, budgets={"max_nodes": n + 10})
     threads_before = threading.active_count()
     sid, _ = engine.load_goal("Fan out wide")
 
