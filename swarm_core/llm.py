@@ -58,7 +58,8 @@ class Completion:
 class Transport(Protocol):
     """Sends one chat request and returns the raw answer text (and token counts).
     `text=True`: a free-text answer, asked for without the structured-output form;
-    `temperature`: this call's, instead of the settings' one."""
+    `temperature`: this call's, instead of the settings' one. A transport that waits on I/O
+    does it through `cooperative.blocking`, or it stalls every node of the greenlet runner."""
 
     def complete(
         self, messages: list[dict], schema_name: str, schema: dict, key: str, *, text: bool = False, temperature: float | None = None
