@@ -8,7 +8,7 @@ runner, the CLI's main thread, a pool thread) they wait the ordinary way. This m
 only one that knows about greenlets.
 
 Every node shares the loop's thread, so a call that blocks it stalls them all: blocking I/O
-goes through `blocking`, waits through `sleep`, and no `threading.Lock` may be held across
+goes through `blocking` (or `awaiting`, when an async twin exists), waits through `sleep`, and no `threading.Lock` may be held across
 either (another node on the same thread would wait for it forever).
 """
 
@@ -51,6 +51,15 @@ def blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
     future = asyncio.get_running_loop().run_in_executor(node.executor, functools.partial(fn, *args, **kwargs))
     return node.parent.switch(future)
+
+
+def awaiting(coroutine: Callable[[], Awaitable[T]], fallback: Callable[[], T]) -> T:
+    """Inside a node greenlet, await `coroutine()` on the loop (no thread waits for it);
+    anywhere else, call `fallback()`, its blocking twin."""
+    node = getcurrent()
+    if type(node) is not _Node:
+        return fallback()
+    return node.parent.switch(coroutine())
 
 
 def sleep(seconds: float) -> None:

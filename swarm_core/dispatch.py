@@ -122,7 +122,8 @@ class CooperativeDispatcher(LocalDispatcher):
     daemon thread started at the first dispatch (see `swarm_core.cooperative`). A node waiting
     for its LLM call holds no thread, and nodes never hand the GIL to each other at a system
     call. At most `concurrency` nodes run at once; the blocking calls they make through
-    `cooperative.blocking` (HTTP to the model, cloud stores, the sandbox) run on the pool."""
+    `cooperative.blocking` (cloud stores, the sandbox) run on the pool; the OpenAI request is
+    awaited on the loop (`cooperative.awaiting`)."""
 
     def __init__(self, concurrency: int, name: str = "swarm-node"):
         super().__init__(concurrency, name)

@@ -8,11 +8,13 @@ most `max_repairs` times, and keeps every request/response for history and repla
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import re
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol
 
@@ -280,6 +282,9 @@ class LLMSession:
 # --- transports -----------------------------------------------------------------
 
 _CLIENTS: dict[tuple, Any] = {}
+# The greenlet runner's async clients, one per loop: an httpx async client belongs to the loop it
+# first ran on, and each CooperativeDispatcher runs its own.
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Any]] = weakref.WeakKeyDictionary()
 
 
 class OpenAITransport:
@@ -288,17 +293,17 @@ class OpenAITransport:
 
     def __init__(self, settings: LLMSettings):
         self.settings = settings
-        self.client = self._client(settings)
+        self.client = self._client(settings, _CLIENTS)
 
     @staticmethod
-    def _client(s: LLMSettings):
+    def _client(s: LLMSettings, cache: dict[tuple, Any], asynchronous: bool = False):
         import openai
 
         env = tuple(os.environ.get(v) for v in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY"))
         key = (s.provider, s.base_url, s.max_retries, s.timeout_s, hash(env))
-        if key not in _CLIENTS:
+        if key not in cache:
             if s.provider == "azure":
-                _CLIENTS[key] = openai.AzureOpenAI(
+                cache[key] = (openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI)(
                     azure_endpoint=s.base_url or os.environ.get("AZURE_OPENAI_ENDPOINT"),
                     api_version=os.environ.get("OPENAI_API_VERSION", s.azure_api_version),
                     max_retries=s.max_retries,
@@ -308,10 +313,16 @@ class OpenAITransport:
                 base_url = os.environ.get("OPENAI_BASE_URL") or s.base_url
                 # Local OpenAI-compatible servers need no key, but the SDK insists on one.
                 api_key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
-                _CLIENTS[key] = openai.OpenAI(
+                cache[key] = (openai.AsyncOpenAI if asynchronous else openai.OpenAI)(
                     base_url=base_url, api_key=api_key, max_retries=s.max_retries, timeout=s.timeout_s
                 )
-        return _CLIENTS[key]
+        return cache[key]
+
+    def _create_async(self, **request):
+        """The request on the greenlet runner's loop, through this loop's async client."""
+        loop = asyncio.get_running_loop()
+        client = self._client(self.settings, _ASYNC_CLIENTS.setdefault(loop, {}), asynchronous=True)
+        return client.chat.completions.create(**request)
 
     @property
     def server(self) -> str:
@@ -340,7 +351,11 @@ class OpenAITransport:
         if mode in ("json_object_schema", "prompt"):
             messages = [_schema_hint(schema)] + messages
         try:
-            resp = cooperative.blocking(self.client.chat.completions.create, messages=messages, **kwargs)  # off the greenlet runner's loop
+            # On the greenlet runner the call is awaited on the loop: a pending call holds no thread.
+            resp = cooperative.awaiting(
+                lambda: self._create_async(messages=messages, **kwargs),
+                lambda: self.client.chat.completions.create(messages=messages, **kwargs),
+            )
         except openai.APIStatusError as exc:
             raise LLMError(f"LLM server {self.server} answered HTTP {exc.status_code}: {_api_message(exc)}") from None
         except openai.APIConnectionError as exc:

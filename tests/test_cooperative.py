@@ -9,15 +9,15 @@ import os
 import threading
 import time
 import uuid
-from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
 import test_lifecycle
 from conftest import FANOUT, REPO, make_engine, run_goal
 from scripted import default_responder
+from stub_openai import Reply
 from test_cli import DEMO_GOAL, swarm
-from test_llm_http import http_responder
+from test_llm_http import http_responder, schema_name_of
 
 from backends.memory import MemoryStore
 from swarm_core import cooperative
@@ -63,25 +63,39 @@ def test_a_wide_fan_out_holds_no_thread_per_pending_call_and_resumes_the_parent_
     dispatcher.close()
 
 
-def test_the_openai_sdk_over_http_runs_on_a_pool_thread(stub):
-    stub.responder = http_responder(default_responder(subtasks=("a", "b", "c")))
+def _greenlet_engine(stub, concurrency: int = 16) -> Engine:
     bp = load_blueprint()
     bp.stores.state = f"memory://{uuid.uuid4().hex}"
     bp.llm = bp.llm.model_copy(update={"base_url": stub.base_url, "model": "stub-model", "max_retries": 0})
-    transport = OpenAITransport(bp.llm)
-    sdk, threads = transport.client, []
+    return Engine(bp, transport=OpenAITransport(bp.llm), dispatcher=CooperativeDispatcher(concurrency))
 
-    class Completions:
-        def create(self, **request):
-            threads.append(threading.current_thread().name)
-            return sdk.chat.completions.create(**request)
 
-    transport.client = SimpleNamespace(chat=SimpleNamespace(completions=Completions()), base_url=sdk.base_url)
-    engine = Engine(bp, transport=transport, dispatcher=CooperativeDispatcher(8))
+def test_the_openai_sdk_over_http_is_awaited_on_the_loop_with_no_thread_per_pending_call(stub):
+    leaves = 8
+    script = http_responder(default_responder(subtasks=[f"part {i}" for i in range(leaves)]))
+    together = threading.Barrier(leaves, timeout=30)  # passes only with every leaf's call in flight at once
+
+    def respond(req):
+        if schema_name_of(req)[0] == "write_text":
+            together.wait()  # the stub's handler thread: a broken barrier fails the call (HTTP 500)
+        return script(req)
+
+    stub.responder = respond
+    engine = _greenlet_engine(stub)
     sid = run_goal(engine)
     assert engine.status(sid)["status"] == "done" and not engine.dispatcher.errors
-    assert len(threads) == len(stub.requests) == 5  # plan, three leaves, supervisor
-    assert all(name.startswith("swarm-node") for name in threads), threads  # the pool, never the loop
+    assert len(stub.requests) == leaves + 2  # plan, the leaves, supervisor
+    assert not engine.dispatcher._pool._threads  # no call ever went to a pool thread: all were awaited on the loop
+    engine.dispatcher.close()
+
+
+def test_an_http_error_on_the_loop_fails_the_node_naming_the_server(stub):
+    stub.responder = lambda req: Reply(status=401, content="bad key")
+    engine = _greenlet_engine(stub)
+    sid = run_goal(engine)
+    status = engine.status(sid)
+    assert status["status"] == "failed" and f"LLM server {stub.base_url}" in status["error"] and "HTTP 401" in status["error"]
+    engine.dispatcher.close()
 
 
 class ScriptedEngine:
