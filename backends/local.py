@@ -33,11 +33,17 @@ STRIPES = 256
 _OLD_TMP = re.compile(r"\.\d+\.\d+\.tmp\Z")  # `KEY.PID.THREAD.tmp`: temporary files of versions before "~"
 
 
+_CHUNK = 1 << 16  # under malloc's mmap threshold: a bigger buffer costs an mmap and munmap per read
+
+
 def _read_file(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):  # a folder raises IsADirectoryError here
+        chunk = os.read(fd, _CHUNK)  # a folder raises IsADirectoryError here
+        if len(chunk) < _CHUNK:  # a regular file reads short only at its end: one call for a record
+            return chunk
+        chunks = [chunk]
+        while chunk := os.read(fd, _CHUNK):
             chunks.append(chunk)
         return b"".join(chunks)
     finally:
@@ -74,7 +80,6 @@ class FileStore(Store):
         self.uri = f"file://{self.root}"
         self.fs = fsspec.filesystem("file")
         self._made: set[str] = set()
-        self._lock = threading.Lock()
         # The root is made by the first write: a read of a mistyped path must not create it.
         if os.path.lexists(self.root) and not os.path.isdir(self.root):
             raise StoreError(f"store folder {self.root} is not a folder")
