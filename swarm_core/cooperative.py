@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -49,8 +50,18 @@ def blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     node = getcurrent()
     if type(node) is not _Node:  # one C call and a type check: this is on every node's path
         return fn(*args, **kwargs)
-    future = asyncio.get_running_loop().run_in_executor(node.executor, functools.partial(fn, *args, **kwargs))
-    return node.parent.switch(future)
+    future = asyncio.get_running_loop().run_in_executor(node.executor, _outcome, functools.partial(fn, *args, **kwargs))
+    value, error = node.parent.switch(future)
+    if error is not None:  # raised here, not through the future: asyncio would hang on a StopIteration
+        raise error
+    return value
+
+
+def _outcome(call: Callable[[], T]) -> tuple[T | None, BaseException | None]:
+    try:
+        return call(), None
+    except BaseException as exc:  # noqa: BLE001 - handed to the node as it is, traceback and all
+        return None, exc
 
 
 def awaiting(coroutine: Callable[[], Awaitable[T]], fallback: Callable[[], T]) -> T:
@@ -70,6 +81,25 @@ def sleep(seconds: float) -> None:
         time.sleep(seconds)
 
 
+def per_loop(key: Hashable, make: Callable[[], Any]) -> Any:
+    """The running loop's own `make()` for `key`, made once: an object bound to the loop it first
+    ran on (an httpx async client). `close_per_loop` closes them with the loop."""
+    objects = _PER_LOOP.setdefault(asyncio.get_running_loop(), {})
+    if key not in objects:
+        objects[key] = make()
+    return objects[key]
+
+
+async def close_per_loop() -> None:
+    """Close (`await obj.close()`) what `per_loop` made for the running loop: their open
+    connections would otherwise keep the loop, and their sockets, alive."""
+    for obj in _PER_LOOP.pop(asyncio.get_running_loop(), {}).values():
+        await obj.close()
+
+
+_PER_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
+
+
 async def run_node(run: Callable[..., Any], *args: Any, executor: Executor) -> None:
     """Run `run(*args)` in a new node greenlet until it returns, awaiting on its behalf whatever
     it suspends on. What `run` raises is raised here; `run` should catch what it can."""
@@ -79,6 +109,6 @@ async def run_node(run: Callable[..., Any], *args: Any, executor: Executor) -> N
         try:
             result = await awaited
         except BaseException as exc:  # noqa: BLE001 - cancellation too: raised where the node suspended
-            awaited = node.throw(exc)
+            awaited = node.throw(type(exc), exc, exc.__traceback__)  # the frames where it was raised, kept
         else:
             awaited = node.switch(result)

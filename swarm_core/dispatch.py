@@ -109,7 +109,9 @@ class LocalDispatcher(PooledDispatcher):
         try:
             assert self.engine is not None, "dispatcher not bound to an engine"
             self.engine.execute_node(swarm_id, blueprint)
-        except Exception as exc:  # the node's record keeps its state; `swarm resume` retries it
+        # The node's record keeps its state; `swarm resume` retries it. BaseException too: a
+        # handler's SystemExit must not end the worker (on greenlets, the loop every node runs on).
+        except BaseException as exc:  # noqa: BLE001
             msg = f"{swarm_id} {blueprint.node_id}: {type(exc).__name__}: {exc}"
             self.errors.append(msg)
             log.error("execute_node failed: %s\n%s", msg, traceback.format_exc(limit=4))
@@ -186,6 +188,7 @@ class CooperativeDispatcher(LocalDispatcher):
         with self._loop_lock:
             loop, thread, self._loop = self._loop, self._loop_thread, None
         if loop is not None and thread is not None:
+            asyncio.run_coroutine_threadsafe(cooperative.close_per_loop(), loop).result()  # the loop's HTTP clients
             loop.call_soon_threadsafe(loop.stop)
             thread.join()
             loop.close()

@@ -54,8 +54,12 @@ def make_dispatcher(blueprint: SwarmBlueprint) -> Dispatcher:
     kind = os.environ.get("SWARM_DISPATCHER") or blueprint.dispatcher.kind
     url = os.environ.get("SWARM_EXECUTE_NODE_URL") or blueprint.dispatcher.url
     concurrency = min(blueprint.dispatcher.concurrency, 64)
-    if kind in REMOTE and "runner" in blueprint.dispatcher.model_fields_set:
-        source = "SWARM_DISPATCHER_RUNNER" if os.environ.get("SWARM_DISPATCHER_RUNNER") else "the blueprint"
+    # `runner` is for kind "local". Named beside a remote kind in the same place (the blueprint, or
+    # the environment) it is a mistake; a blueprint's local runner under a deployment's
+    # SWARM_DISPATCHER, or a shell's SWARM_DISPATCHER_RUNNER under a remote blueprint, is not used.
+    runner_from_env = bool(os.environ.get("SWARM_DISPATCHER_RUNNER"))
+    if kind in REMOTE and "runner" in blueprint.dispatcher.model_fields_set and runner_from_env == bool(os.environ.get("SWARM_DISPATCHER")):
+        source = "SWARM_DISPATCHER_RUNNER" if runner_from_env else "the blueprint"
         raise ConfigError(f"[dispatcher] runner (from {source}) is a setting of kind \"local\" only; this dispatcher is {kind!r}")
     if kind == "local":
         return local_dispatcher(blueprint.dispatcher)

@@ -8,13 +8,11 @@ most `max_repairs` times, and keeps every request/response for history and repla
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
 import re
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol
 
@@ -282,9 +280,6 @@ class LLMSession:
 # --- transports -----------------------------------------------------------------
 
 _CLIENTS: dict[tuple, Any] = {}
-# The greenlet runner's async clients, one per loop: an httpx async client belongs to the loop it
-# first ran on, and each CooperativeDispatcher runs its own.
-_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Any]] = weakref.WeakKeyDictionary()
 
 
 class OpenAITransport:
@@ -293,35 +288,38 @@ class OpenAITransport:
 
     def __init__(self, settings: LLMSettings):
         self.settings = settings
-        self.client = self._client(settings, _CLIENTS)
+        # Where and how to connect, read from the settings and the environment once: the
+        # blocking client and the greenlet runner's async clients all use the same server.
+        s = settings
+        if s.provider == "azure":
+            self._connect = {
+                "azure_endpoint": s.base_url or os.environ.get("AZURE_OPENAI_ENDPOINT"),
+                "api_version": os.environ.get("OPENAI_API_VERSION", s.azure_api_version),
+                "max_retries": s.max_retries,
+                "timeout": s.timeout_s,
+            }
+        else:
+            base_url = os.environ.get("OPENAI_BASE_URL") or s.base_url
+            # Local OpenAI-compatible servers need no key, but the SDK insists on one.
+            api_key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
+            self._connect = {"base_url": base_url, "api_key": api_key, "max_retries": s.max_retries, "timeout": s.timeout_s}
+        env = os.environ.get("AZURE_OPENAI_API_KEY") if s.provider == "azure" else None  # the Azure SDK reads it itself
+        self._key = (s.provider, hash((tuple(sorted(self._connect.items())), env)))
+        if self._key not in _CLIENTS:
+            _CLIENTS[self._key] = self._make(asynchronous=False)
+        self.client = _CLIENTS[self._key]
 
-    @staticmethod
-    def _client(s: LLMSettings, cache: dict[tuple, Any], asynchronous: bool = False):
+    def _make(self, asynchronous: bool):
         import openai
 
-        env = tuple(os.environ.get(v) for v in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY"))
-        key = (s.provider, s.base_url, s.max_retries, s.timeout_s, hash(env))
-        if key not in cache:
-            if s.provider == "azure":
-                cache[key] = (openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI)(
-                    azure_endpoint=s.base_url or os.environ.get("AZURE_OPENAI_ENDPOINT"),
-                    api_version=os.environ.get("OPENAI_API_VERSION", s.azure_api_version),
-                    max_retries=s.max_retries,
-                    timeout=s.timeout_s,
-                )
-            else:
-                base_url = os.environ.get("OPENAI_BASE_URL") or s.base_url
-                # Local OpenAI-compatible servers need no key, but the SDK insists on one.
-                api_key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
-                cache[key] = (openai.AsyncOpenAI if asynchronous else openai.OpenAI)(
-                    base_url=base_url, api_key=api_key, max_retries=s.max_retries, timeout=s.timeout_s
-                )
-        return cache[key]
+        if self.settings.provider == "azure":
+            return (openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI)(**self._connect)
+        return (openai.AsyncOpenAI if asynchronous else openai.OpenAI)(**self._connect)
 
     def _create_async(self, **request):
-        """The request on the greenlet runner's loop, through this loop's async client."""
-        loop = asyncio.get_running_loop()
-        client = self._client(self.settings, _ASYNC_CLIENTS.setdefault(loop, {}), asynchronous=True)
+        """The request on the greenlet runner's loop, through that loop's own async client
+        (an httpx async client belongs to the loop it first ran on; closed with the loop)."""
+        client = cooperative.per_loop(("openai", self._key), lambda: self._make(asynchronous=True))
         return client.chat.completions.create(**request)
 
     @property

@@ -75,6 +75,7 @@ def _url(host: str, port: int) -> str:
 def function_env(host: str, port: int, *, store: str, blueprint: str | None = None, threads: int = 64, env: dict | None = None) -> dict:
     """The environment both functions run with: the http dispatcher pointing at PORT+1."""
     base = dict(os.environ if env is None else env)
+    base.pop("SWARM_DISPATCHER_RUNNER", None)  # a local runner: the functions dispatch over http
     base.update(
         SWARM_DISPATCHER="http",
         SWARM_EXECUTE_NODE_URL=_url(host, port + 1),

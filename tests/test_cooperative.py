@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+import traceback
 import uuid
 from typing import ClassVar
 
@@ -155,6 +156,55 @@ def test_an_exception_in_a_node_is_recorded_wherever_it_was_raised():
     d.close()
 
 
+def test_what_asyncio_cannot_carry_or_would_let_end_the_loop_is_recorded_and_the_loop_goes_on():
+    seen = []
+
+    def no_match():  # asyncio cannot put a StopIteration in a future: the node used to hang
+        cooperative.blocking(lambda: next(iter([])))
+
+    def exits():  # a handler's SystemExit used to end the loop thread, stranding every node
+        raise SystemExit("bye")
+
+    def deep():
+        raise KeyError("deep down")
+
+    def keeps_frames():
+        try:
+            cooperative.blocking(deep)
+        except KeyError as exc:
+            seen.extend(frame.name for frame in traceback.extract_tb(exc.__traceback__))
+
+    d = CooperativeDispatcher(4)
+    d.bind(ScriptedEngine(a=no_match, b=exits, c=keeps_frames, d=lambda: None))
+    for node_id in "ab":
+        d.dispatch("sw", node(node_id))
+    assert d.wait(10), "a node never finished"
+    for node_id in "cd":  # the loop still runs nodes
+        d.dispatch("sw", node(node_id))
+    assert d.wait(10) and sorted(d.errors) == ["sw a: StopIteration: ", "sw b: SystemExit: bye"]
+    assert "deep" in seen  # the frames of the pool thread where it was raised
+    d.close()
+
+
+def test_close_closes_the_loops_http_clients(stub):
+    stub.responder = http_responder(default_responder(subtasks=("a",)))
+    engine = _greenlet_engine(stub)
+    run_goal(engine)
+    clients = list(cooperative._PER_LOOP[engine.dispatcher._loop].values())
+    assert clients and not any(c.is_closed() for c in clients)
+    engine.dispatcher.close()
+    assert all(c.is_closed() for c in clients)  # a keep-alive connection would hold the loop and its socket
+
+
+def test_the_server_is_chosen_once_for_both_runners(stub, monkeypatch):
+    stub.responder = http_responder(default_responder(subtasks=("a",)))
+    engine = _greenlet_engine(stub)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # after the transport was made
+    sid = run_goal(engine)
+    assert engine.status(sid)["status"] == "done" and len(stub.requests) == 3
+    engine.dispatcher.close()
+
+
 def test_a_sandbox_run_does_not_stall_the_other_nodes():
     order, d = [], CooperativeDispatcher(4)
 
@@ -220,6 +270,31 @@ def test_the_runner_is_chosen_by_the_blueprint_or_the_environment(tmp_path, monk
     bp.stores.state = f"memory://{uuid.uuid4().hex}"
     assert type(make_dispatcher(bp)) is CooperativeDispatcher
     assert type(Engine(bp).dispatcher) is CooperativeDispatcher  # an Engine built without a dispatcher too
+
+
+@pytest.mark.parametrize(
+    "env, blueprint",
+    [  # a local runner from one place under a remote kind from another: not used, not refused
+        ({"SWARM_DISPATCHER": "http", "SWARM_EXECUTE_NODE_URL": "http://127.0.0.1:9/"}, '[dispatcher]\nrunner = "greenlets"\n'),
+        ({"SWARM_DISPATCHER_RUNNER": "greenlets"}, '[dispatcher]\nkind = "http"\nurl = "http://127.0.0.1:9/"\n'),
+    ],
+)
+def test_a_runner_under_a_remote_kind_from_elsewhere_is_not_used(tmp_path, monkeypatch, env, blueprint):
+    from swarm_core.dispatchers import HttpDispatcher
+
+    file = tmp_path / "blueprint.toml"
+    file.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\n{blueprint}')
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert type(make_dispatcher(load_blueprint(file))) is HttpDispatcher
+
+
+def test_swarm_serve_does_not_pass_the_local_runner_to_its_functions(monkeypatch):
+    from swarm_core.serve import function_env
+
+    monkeypatch.setenv("SWARM_DISPATCHER_RUNNER", "greenlets")
+    env = function_env("127.0.0.1", 8080, store="file:///tmp/x")
+    assert env["SWARM_DISPATCHER"] == "http" and "SWARM_DISPATCHER_RUNNER" not in env
 
 
 @pytest.mark.parametrize(
