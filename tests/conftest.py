@@ -21,7 +21,12 @@ from swarm_core.llm import FunctionTransport  # noqa: E402
 
 REPO = HERE.parent
 FANOUT = HERE / "blueprints" / "fanout"
+# `SWARM_TEST_RUNNER=greenlets pytest ...` runs every engine the tests make, in-process or through
+# the CLI, on that local runner instead of the default (`.ci/test` runs a second pass with it).
+RUNNER = os.environ.get("SWARM_TEST_RUNNER", "")
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SWARM_", "AZURE_OPENAI"))}
+if RUNNER:
+    CLEAN_ENV["SWARM_DISPATCHER_RUNNER"] = RUNNER
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +35,8 @@ def _no_ambient_llm(monkeypatch):
     for name in list(os.environ):
         if name.startswith(("OPENAI_", "SWARM_", "AZURE_OPENAI")):
             monkeypatch.delenv(name)
+    if RUNNER:
+        monkeypatch.setenv("SWARM_DISPATCHER_RUNNER", RUNNER)
 
 
 def make_engine(responder=None, *, store: str | None = None, blueprint=None, dispatcher=None, budgets=None, delay_s=0.0, **llm):

@@ -259,6 +259,7 @@ def test_a_store_that_is_not_inline_is_called_off_the_loop():
 
 
 def test_the_runner_is_chosen_by_the_blueprint_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("SWARM_DISPATCHER_RUNNER", raising=False)  # a SWARM_TEST_RUNNER pass sets it
     assert type(make_dispatcher(load_blueprint())) is LocalDispatcher  # threads stay the default
     file = tmp_path / "blueprint.toml"
     file.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\n[dispatcher]\nrunner = "greenlets"\n')
@@ -280,6 +281,7 @@ def test_the_runner_is_chosen_by_the_blueprint_or_the_environment(tmp_path, monk
     ],
 )
 def test_a_runner_under_a_remote_kind_from_elsewhere_is_not_used(tmp_path, monkeypatch, env, blueprint):
+    monkeypatch.delenv("SWARM_DISPATCHER_RUNNER", raising=False)  # a SWARM_TEST_RUNNER pass sets it
     from swarm_core.dispatchers import HttpDispatcher
 
     file = tmp_path / "blueprint.toml"
@@ -309,9 +311,10 @@ def test_swarm_serve_does_not_pass_the_local_runner_to_its_functions(monkeypatch
     ],
 )
 def test_a_wrong_runner_is_one_line_naming_its_source(tmp_path, monkeypatch, env, blueprint, needle):
+    monkeypatch.delenv("SWARM_DISPATCHER_RUNNER", raising=False)  # a SWARM_TEST_RUNNER pass sets it
     file = tmp_path / "blueprint.toml"
     file.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\n{blueprint}')
-    proc = swarm("list", "--blueprint", str(file), "--store", f"file://{tmp_path}", env=env, check=2)
+    proc = swarm("list", "--blueprint", str(file), "--store", f"file://{tmp_path}", env={"SWARM_DISPATCHER_RUNNER": "", **env}, check=2)
     assert needle.format(file=file) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     for name, value in env.items():
         monkeypatch.setenv(name, value)

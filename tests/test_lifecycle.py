@@ -11,6 +11,7 @@ import pytest
 from conftest import make_engine, run_goal
 from scripted import default_responder, task_of
 
+from swarm_core import cooperative
 from swarm_core.engine import CorruptRecord, NotWaiting, SwarmError
 from swarm_core.models import InvalidId, NodeBlueprint
 from swarm_core.store import StoreError
@@ -49,7 +50,7 @@ def test_children_run_concurrently():
             with lock:
                 active[0] += 1
                 peak[0] = max(peak[0], active[0])
-            threading.Event().wait(0.2)
+            cooperative.sleep(0.2)  # time.sleep on threads; on greenlets, other nodes run meanwhile
             with lock:
                 active[0] -= 1
         return default_responder(subtasks=("a", "b", "c", "d"))(messages, schema_name, schema, key)
@@ -798,7 +799,7 @@ def test_a_replay_stops_where_the_recording_stopped_whatever_order_its_siblings_
     def responder(messages, schema_name, schema, key):
         if schema_name == "write_text" and key.endswith("/0"):
             if key.startswith(("root.0.0/", "root.0.1/")):
-                time.sleep(0.3)
+                cooperative.sleep(0.3)
             return "not json"
         return default_responder(subtasks=("a", "b", "c", "d"))(messages, schema_name, schema, key)
 
@@ -813,7 +814,7 @@ def test_a_replay_refuses_the_spawn_the_recording_refused():
     # Two routers share room for one more child; the slow one lost the race in the recording.
     def responder(messages, schema_name, schema, key):
         if key == "root.0.0/0/0":
-            time.sleep(0.3)
+            cooperative.sleep(0.3)
         return default_responder(subtasks=("a", "b"), action="no_such_action")(messages, schema_name, schema, key)
 
     engine = make_engine(responder, budgets={"max_llm_calls": 4})
