@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 from greenlet import getcurrent, greenlet
 
 T = TypeVar("T")
+log = logging.getLogger("swarm")
 
 
 class _Node(greenlet):
@@ -100,15 +102,28 @@ async def close_per_loop() -> None:
 _PER_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
 
 
-async def run_node(run: Callable[..., Any], *args: Any, executor: Executor) -> None:
+HOLD_WARNING_S = 1.0  # a node that keeps the loop this long without suspending is named in a warning
+
+
+async def run_node(run: Callable[..., Any], *args: Any, executor: Executor, label: str = "") -> None:
     """Run `run(*args)` in a new node greenlet until it returns, awaiting on its behalf whatever
-    it suspends on. What `run` raises is raised here; `run` should catch what it can."""
+    it suspends on. What `run` raises is raised here; `run` should catch what it can. A stretch
+    of `HOLD_WARNING_S` or more without suspending stalled every other node: it is logged,
+    naming `label`, since the usual cause is a blocking call made without `blocking`."""
     node = _Node(run, executor)
+    started = time.monotonic()
     awaited = node.switch(*args)
-    while not node.dead:
+    while True:
+        if (held := time.monotonic() - started) >= HOLD_WARNING_S:
+            log.warning("%s kept the greenlet runner's loop for %.1f s without yielding: every other node waited. "
+                        "A blocking call? Make it through swarm_core.cooperative.blocking, or use runner = \"threads\"", label, held)
+        if node.dead:
+            return
         try:
             result = await awaited
         except BaseException as exc:  # noqa: BLE001 - cancellation too: raised where the node suspended
+            started = time.monotonic()
             awaited = node.throw(type(exc), exc, exc.__traceback__)  # the frames where it was raised, kept
         else:
+            started = time.monotonic()
             awaited = node.switch(result)

@@ -170,7 +170,7 @@ class CooperativeDispatcher(LocalDispatcher):
                 self._finished()
                 return
             try:
-                await cooperative.run_node(self._run, swarm_id, blueprint, executor=self._pool)
+                await cooperative.run_node(self._run, swarm_id, blueprint, executor=self._pool, label=f"{swarm_id} {blueprint.node_id}")
             finally:
                 with self._idle:
                     self._running -= 1

@@ -186,6 +186,25 @@ def test_what_asyncio_cannot_carry_or_would_let_end_the_loop_is_recorded_and_the
     d.close()
 
 
+def test_a_node_that_blocks_the_loop_is_named_in_a_warning(caplog, monkeypatch):
+    monkeypatch.setattr(cooperative, "HOLD_WARNING_S", 0.2)
+
+    def blocks():
+        time.sleep(0.3)  # not through cooperative.blocking: every other node waits
+
+    def yields():
+        cooperative.sleep(0.3)
+
+    d = CooperativeDispatcher(4)
+    d.bind(ScriptedEngine(a=blocks, b=yields))
+    for node_id in "ab":
+        d.dispatch("sw", node(node_id))
+    assert d.wait(10) and not d.errors
+    warned = [r.getMessage() for r in caplog.records if "without yielding" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("sw a kept the greenlet runner's loop for 0.3 s"), warned
+    d.close()
+
+
 def test_close_closes_the_loops_http_clients(stub):
     stub.responder = http_responder(default_responder(subtasks=("a",)))
     engine = _greenlet_engine(stub)
