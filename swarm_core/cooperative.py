@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
@@ -37,11 +38,35 @@ class _Node(greenlet):
         self.executor = executor
 
 
+_LOOP_THREADS: set[int] = set()  # threads running a node loop (`run_loop`): the only ones that touch greenlet
+
+
+def run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Run `loop` on this thread until it stops, as a node loop. Only on such threads do the
+    helpers below ask greenlet where they are: other threads (a pool, the CLI, the threads
+    runner) never get greenlet's per-thread state, so nothing of greenlet's is left to tear down
+    when they end."""
+    me = threading.get_ident()
+    _LOOP_THREADS.add(me)
+    try:
+        loop.run_forever()
+    finally:
+        _LOOP_THREADS.discard(me)
+
+
+def _current() -> _Node | None:
+    """The node greenlet this code runs in, if any."""
+    if threading.get_ident() not in _LOOP_THREADS:
+        return None
+    node = getcurrent()
+    return node if type(node) is _Node else None
+
+
 def suspend(awaitable: Awaitable[T]) -> T:
     """From inside a node greenlet: let the loop await `awaitable`, then return its result or
     raise its exception here. Other nodes run in the meantime."""
-    node = getcurrent()
-    if type(node) is not _Node:
+    node = _current()
+    if node is None:
         raise RuntimeError("cooperative.suspend called outside a node greenlet: there is no loop to switch to")
     return node.parent.switch(awaitable)
 
@@ -49,8 +74,8 @@ def suspend(awaitable: Awaitable[T]) -> T:
 def blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """`fn(*args, **kwargs)`, which may block: inside a node greenlet it runs on the dispatcher's
     thread pool while the node is suspended; anywhere else it is simply called."""
-    node = getcurrent()
-    if type(node) is not _Node:  # one C call and a type check: this is on every node's path
+    node = _current()
+    if node is None:  # a set lookup, and on a loop's thread one C call: this is on every node's path
         return fn(*args, **kwargs)
     future = asyncio.get_running_loop().run_in_executor(node.executor, _outcome, functools.partial(fn, *args, **kwargs))
     value, error = node.parent.switch(future)
@@ -69,15 +94,15 @@ def _outcome(call: Callable[[], T]) -> tuple[T | None, BaseException | None]:
 def awaiting(coroutine: Callable[[], Awaitable[T]], fallback: Callable[[], T]) -> T:
     """Inside a node greenlet, await `coroutine()` on the loop (no thread waits for it);
     anywhere else, call `fallback()`, its blocking twin."""
-    node = getcurrent()
-    if type(node) is not _Node:
+    node = _current()
+    if node is None:
         return fallback()
     return node.parent.switch(coroutine())
 
 
 def sleep(seconds: float) -> None:
     """`asyncio.sleep` inside a node greenlet (no thread waits), `time.sleep` anywhere else."""
-    if type(getcurrent()) is _Node:
+    if _current() is not None:
         suspend(asyncio.sleep(seconds))
     else:
         time.sleep(seconds)

@@ -150,7 +150,7 @@ class CooperativeDispatcher(LocalDispatcher):
         with self._loop_lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                self._loop_thread = threading.Thread(target=loop.run_forever, name="swarm-loop", daemon=True)
+                self._loop_thread = threading.Thread(target=cooperative.run_loop, args=(loop,), name="swarm-loop", daemon=True)
                 self._loop_thread.start()
                 self._loop = loop
             return self._loop

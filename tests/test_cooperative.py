@@ -205,6 +205,27 @@ def test_a_node_that_blocks_the_loop_is_named_in_a_warning(caplog, monkeypatch):
     d.close()
 
 
+def test_threads_that_run_no_node_loop_never_touch_greenlet(monkeypatch):
+    # Only a node loop's thread asks greenlet where it is: pool threads, the main thread and the
+    # threads runner get no greenlet state to tear down when they end.
+    loop_threads = set()
+
+    def getcurrent():
+        assert threading.get_ident() in cooperative._LOOP_THREADS, threading.current_thread().name
+        loop_threads.add(threading.current_thread().name)
+        return real()
+
+    real = cooperative.getcurrent
+    monkeypatch.setattr(cooperative, "getcurrent", getcurrent)
+    responder = default_responder(subtasks=("a", "b"))
+    for dispatcher in (LocalDispatcher(4), CooperativeDispatcher(4)):
+        engine = make_engine(responder, dispatcher=dispatcher, delay_s=0.01)
+        assert engine.status(run_goal(engine))["status"] == "done" and not dispatcher.errors
+        cooperative.blocking(lambda: None)  # the main thread too
+        dispatcher.close()
+    assert loop_threads == {"swarm-loop"}
+
+
 def test_close_closes_the_loops_http_clients(stub):
     stub.responder = http_responder(default_responder(subtasks=("a",)))
     engine = _greenlet_engine(stub)
