@@ -8,8 +8,9 @@ runner, the CLI's main thread, a pool thread) they wait the ordinary way. This m
 only one that knows about greenlets.
 
 Every node shares the loop's thread, so a call that blocks it stalls them all: blocking I/O
-goes through `blocking` (or `awaiting`, when an async twin exists), waits through `sleep`, and no `threading.Lock` may be held across
-either (another node on the same thread would wait for it forever).
+goes through `blocking` (or `awaiting`, when an async twin exists), waits through `sleep`,
+and no `threading.Lock` may be held across either (another node on the same thread would
+wait for it forever).
 """
 
 from __future__ import annotations
@@ -102,10 +103,11 @@ def awaiting(coroutine: Callable[[], Awaitable[T]], fallback: Callable[[], T]) -
 
 def sleep(seconds: float) -> None:
     """`asyncio.sleep` inside a node greenlet (no thread waits), `time.sleep` anywhere else."""
-    if _current() is not None:
-        suspend(asyncio.sleep(seconds))
-    else:
+    node = _current()
+    if node is None:
         time.sleep(seconds)
+    else:
+        node.parent.switch(asyncio.sleep(seconds))
 
 
 def per_loop(key: Hashable, make: Callable[[], Any]) -> Any:
