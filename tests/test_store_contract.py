@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -182,6 +183,7 @@ def test_compare_and_swap_counter_raced_by_4_threads(store_uri, store):
             while True:
                 tries += 1
                 data, ver = store.read_versioned("counter")
+                time.sleep(0)  # let another thread in between the read and the swap: a fast store raced too rarely
                 if store.swap("counter", str(int(data) + 1).encode(), ver):
                     break
         return tries
