@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,70 +42,14 @@ for path in (REPO, REPO / "tests"):
 import emulators  # noqa: E402  (tests/emulators.py: start/stop the emulators, fresh locations)
 from scripted import default_responder  # noqa: E402  (tests/scripted.py: the scripted LLM)
 
+from benchmarks.counting import CountingStore  # noqa: E402
 from swarm_core.config import load_blueprint  # noqa: E402
 from swarm_core.engine import Engine, Stores  # noqa: E402
 from swarm_core.llm import FunctionTransport  # noqa: E402
-from swarm_core.store import Store  # noqa: E402
 
 FANOUT = REPO / "tests" / "blueprints" / "fanout"
 OPS = ("read", "read_versioned", "version", "list", "write", "create", "swap", "delete")
 BACKENDS = emulators.BACKENDS
-
-
-class CountingStore(Store):
-    """Counts every call to `inner` by operation (thread-safe); `exists` costs one `version`."""
-
-    def __init__(self, inner: Store):
-        self.inner, self.uri = inner, inner.uri
-        self.inline = inner.inline  # counting adds no I/O: off the loop only if `inner` is
-        self.counts: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-
-    def _count(self, op: str, n: int = 1) -> None:
-        with self._lock:
-            self.counts[op] += n
-
-    def read(self, key):
-        self._count("read")
-        return self.inner.read(key)
-
-    def read_versioned(self, key):
-        self._count("read_versioned")
-        return self.inner.read_versioned(key)
-
-    def version(self, key):
-        self._count("version")
-        return self.inner.version(key)
-
-    def list(self, prefix):
-        self._count("list")
-        keys = self.inner.list(prefix)
-        self._count("listed", len(keys))
-        return keys
-
-    def write(self, key, data):
-        self._count("write")
-        self.inner.write(key, data)
-
-    def create(self, key, data):
-        self._count("create")
-        won = self.inner.create(key, data)
-        if not won:
-            self._count("create_lost")
-        return won
-
-    def swap(self, key, data, expected_version):
-        self._count("swap")
-        won = self.inner.swap(key, data, expected_version)
-        if not won:
-            self._count("swap_lost")
-            if key.endswith("/counters.json"):
-                self._count("counter_retries")
-        return won
-
-    def delete(self, key):
-        self._count("delete")
-        self.inner.delete(key)
 
 
 def forget_memory(uri: str) -> None:
@@ -145,7 +88,7 @@ def run_fanout(uri: str, n: int) -> dict[str, Any]:
         "create_lost": counts["create_lost"], "swap_lost": counts["swap_lost"],
         "counter_retries": counts["counter_retries"],
         "base_per_node": round((total - 2 * counts["counter_retries"]) / nodes, 3),
-        "listed_per_node": round(counts["listed"] / nodes, 1),
+        "listed_per_node": round(counts["listed_keys"] / nodes, 1),
     }
 
 
