@@ -30,7 +30,7 @@ ROOT_FOLDER = "root"
 SUPERVISOR = "supervise"
 ROUTER = "route"
 PYTHON_HANDLER = "swarm_core.actions:run_function"
-_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_ID = re.compile(r"[a-z][a-z0-9_]{0,63}")  # fullmatch: `$` would let a final "\n" by
 
 if TYPE_CHECKING:
     from .factory import Functions
@@ -147,7 +147,7 @@ class ActionSpace:
             where = f"{key}:"
             if e.id != key:
                 out.append(f"{where} stored under another id ({e.id!r})")
-            if not _ID.match(e.id) or e.id == ROOT_FOLDER:
+            if not _ID.fullmatch(e.id) or e.id == ROOT_FOLDER:
                 out.append(f"{where} id must match {_ID.pattern} and not be {ROOT_FOLDER!r}")
             parent = self.entries.get(e.parent)
             if e.parent != ROOT_FOLDER and not isinstance(parent, FolderSpec):
@@ -215,7 +215,7 @@ def _load_dir(actions_dir: str) -> tuple[tuple[str, Entry], ...]:
             spec = ActionSpec(id=folder.name, **raw)
         except Exception as exc:
             raise ActionError(f"action {spec_file}: {exc}") from None
-        if not _ID.match(spec.id):
+        if not _ID.fullmatch(spec.id):
             raise ActionError(f"action {spec_file}: id {spec.id!r} must match {_ID.pattern}")
         entries[spec.id] = spec
     return tuple(entries.items())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -196,9 +197,12 @@ class Engine:
         self.header(swarm_id)
         recs = []
         for key in self.state.list(self.key(swarm_id, "nodes") + "/"):
+            name = key.rsplit("/", 1)[1]
             try:
-                recs.append(self.node(swarm_id, key.rsplit("/", 1)[1].removesuffix(".json"))[0])
-            except InvalidId:  # a stray file: the store is not as the engine left it
+                if not name.endswith(".json"):
+                    raise InvalidId(name)
+                recs.append(self.node(swarm_id, name.removesuffix(".json"))[0])
+            except (InvalidId, UnknownNode):  # a stray object (or one gone since the list): not as the engine left it
                 raise CorruptRecord(f"unexpected object {key} in {self.state.uri}: not a node record") from None
         return sorted(recs, key=lambda r: _order(r.node_id))
 
@@ -273,6 +277,10 @@ class Engine:
         rec, version = self.node(swarm_id, bp.node_id)
         current = rec.blueprint.round
         resuming = bp.round == current + 1 and rec.status in ("waiting_children", "waiting_user")
+        if resuming and not self._released(swarm_id, rec):
+            log.warning("%s/%s: a delivery of round %d, which nothing has released (it is %s): ignored",
+                        swarm_id, bp.node_id, bp.round, rec.status)
+            return rec.status
         if not resuming and bp.round == current and rec.status == "waiting_children":
             self._fan_out(header, rec, recovering=True)  # re-delivery after a crash mid-spawn
             return rec.status
@@ -333,6 +341,14 @@ class Engine:
                 )
             )
         return rec.status
+
+    def _released(self, swarm_id: str, rec: NodeRecord) -> bool:
+        """Whether a waiting node may run its next round: its join's resume was claimed (every
+        child reported), or its question was answered. The round in a delivery proves nothing:
+        a stale or forged one must not resume a node with children still running."""
+        if rec.status == "waiting_user":
+            return rec.answer is not None
+        return self.state.exists(self.join_prefix(swarm_id, rec.node_id, rec.blueprint.round) + "resumed")
 
     def _count_join(self, swarm_id: str, parent_id: str, round: int) -> list[ChildReport]:
         """Add a join's reports to the counters, once whoever resumes the parent; return them."""
@@ -400,7 +416,8 @@ class Engine:
         )
         if not self.state.swap(self.node_key(swarm_id, rec.node_id), dump(failed), version):
             return False
-        data = {"action": rec.blueprint.action, "outcome": fail.model_dump(), "delivery_failed": True}
+        # the attempt of the claim it fails (or of the record's last claim): it outranks that claim's own event
+        data = {"action": rec.blueprint.action, "attempt": max(rec.attempt, claim or 0), "outcome": fail.model_dump(), "delivery_failed": True}
         self._event(swarm_id, Event(kind="outcome", node_id=rec.node_id, round=current, data=data))
         self._terminate(header, failed)
         return True
@@ -463,10 +480,10 @@ class Engine:
         return self._transports[source]
 
     def _recording(self, header: SwarmHeader) -> RecordedTransport | None:
-        """The recording a swarm runs from (a replay, the shipped demo), if it does; never
-        builds a model client (a replay runs where no key is set)."""
-        if self._transport is None and not header.llm_source.startswith(("replay:", "recording:")):
-            return None
+        """The recording a replay runs from, if it is one: it decides the replay's budgets (the
+        calls and stops it recorded). Never builds a model client (a replay runs where no key is set)."""
+        if self._transport is None and not header.llm_source.startswith("replay:"):
+            return None  # the shipped demo recording answers like a model: budgets apply as to one
         transport = self.transport_for(header)
         return transport if isinstance(transport, RecordedTransport) else None
 
@@ -504,13 +521,19 @@ class Engine:
         # write loses: its `superseded` event names it.
         dropped = {(e.node_id, e.round, e.data.get("attempt")) for e in events if e.kind == "superseded"}
         # A crash between a node's outcome event and its record write leaves that attempt's event
-        # before the re-run's: the last one stands.
-        stood = {
-            (e.node_id, e.round): e
-            for e in events
-            if e.kind == "outcome" and (e.node_id, e.round, e.data.get("attempt")) not in dropped
-        }
+        # beside the re-run's; a late worker's can even land after its takeover's. Every claim has
+        # a higher attempt than the one it followed: the highest stands (on a tie, the later event,
+        # a delivery's failure recorded after its claim's outcome).
+        stood: dict[tuple[str, int], Event] = {}
+        for e in events:
+            if e.kind == "outcome" and (e.node_id, e.round, e.data.get("attempt")) not in dropped:
+                before = stood.get((e.node_id, e.round))
+                if before is None or _attempt(e) >= _attempt(before):
+                    stood[(e.node_id, e.round)] = e
+        said = {f"{e.node_id}/{e.round}": e.data["answer"] for e in events if e.kind == "answered"}
         for event in stood.values():
+            if "answer" in event.data:  # the answer the round ran with
+                said[f"{event.node_id}/{event.round - 1}"] = event.data["answer"]
             outcome = event.data.get("outcome", {})
             if outcome.get("kind") == "fail" and outcome.get("error", "").startswith("budget "):
                 stops[f"{event.node_id}/{event.round}"] = outcome["error"]
@@ -521,7 +544,6 @@ class Engine:
                     }
                 elif call.error:  # the server failed: so does the replay, with the same error
                     answers[f"{event.node_id}/{event.round}/{call.seq}"] = {"error": call.error}
-        said = {f"{e.node_id}/{e.round}": e.data["answer"] for e in events if e.kind == "answered"}
         return RecordedTransport(answers, f"replay:{swarm_id}", stops, said)
 
     def _run(self, header: SwarmHeader, rec: NodeRecord, child_reports: list[ChildReport] | None):
@@ -535,13 +557,7 @@ class Engine:
             key_prefix=f"{bp.node_id}/{bp.round}",
         )
         try:
-            previous = []
-            if rec.join and rec.join.mode == "sequential" and rec.join.index > 0:
-                previous = [
-                    r
-                    for r in self.read_join(swarm_id, rec.join.parent_id, rec.join.round)
-                    if _order(r.node_id) < _order(bp.node_id)
-                ]
+            previous = self._earlier_steps(swarm_id, rec)
             session.budget_check = self._budget_check(header, rec, session, previous, reserved)
             space = self.actions.load()
             ctx = NodeContext(
@@ -566,6 +582,14 @@ class Engine:
             log.exception("action %s failed on %s/%s", bp.action, swarm_id, bp.node_id)
             outcome = Fail(error=f"{bp.action} raised {type(exc).__name__}: {exc}")
         return outcome, session, reserved[0]
+
+    def _earlier_steps(self, swarm_id: str, rec: NodeRecord) -> list[ChildReport]:
+        """The reports of the steps before this one, if it is a step of a sequential plan: what
+        they used is not in the counters until their parent resumes."""
+        j = rec.join
+        if not (j and j.mode == "sequential" and j.index > 0):
+            return []
+        return [r for r in self.read_join(swarm_id, j.parent_id, j.round) if _order(r.node_id) < _order(rec.node_id)]
 
     def _budget_check(
         self, header: SwarmHeader, rec: NodeRecord, session: LLMSession, previous: list[ChildReport], reserved: list[Usage]
@@ -684,6 +708,8 @@ class Engine:
                     rec = rec.model_copy(update={"committed": rec.usage + session.usage})
             if outcome is not None:  # None: a later claim of this round counted its spawn (a takeover)
                 data = {"action": rec.blueprint.action, "attempt": rec.attempt, "outcome": outcome.model_dump()}
+                if isinstance(rec.outcome, AskUser) and rec.answer is not None:  # resumed by this answer
+                    data["answer"] = rec.answer  # history has it even if `answer` died before its event
                 self._event(swarm_id, Event(kind="outcome", node_id=rec.node_id, round=rec.blueprint.round, data=data, llm_calls=session.calls))
         except Exception:  # the claim is handed back and the node runs again: count this run as dropped
             self._recount(swarm_id, own, spawned)
@@ -749,6 +775,7 @@ class Engine:
             return Fail(error=stop), None
         delta = {"nodes": n, **_usage_delta(own)}
         delta["llm_calls"] += n * RESERVED.llm_calls  # each child's first call, reserved now
+        earlier = sum(r.usage.tokens for r in self._earlier_steps(header.swarm_id, rec))  # not counted yet either
 
         def check(c: Counters) -> str | None:
             if c.nodes + n > b.max_nodes:
@@ -756,7 +783,7 @@ class Engine:
             if c.llm_calls + delta["llm_calls"] > b.max_llm_calls:
                 return (f"budget max_llm_calls={b.max_llm_calls} exceeded: {c.llm_calls + own.llm_calls} calls made or "
                         f"reserved, {n} more children would make at least one each")
-            if spent := _tokens_spent(b, c, own.tokens):
+            if spent := _tokens_spent(b, c, own.tokens + earlier):
                 return f"{spent}: no tokens left for {n} children"
             return None
 
@@ -811,7 +838,11 @@ class Engine:
                 self.dispatcher.dispatch(swarm_id, child_rec.blueprint)
             return
         live = [r for r in records if r.status not in TERMINAL]
-        if spawn.mode == "sequential":
+        if spawn.mode == "sequential" and live:
+            k = records.index(live[0])
+            if k and records[k - 1].status != "done":  # a failed step: the steps after it are cancelled, never run
+                self._terminate(header, records[k - 1], recovering=True)
+                return
             live = live[:1]
         for child_rec in live:
             if child_rec.status == "pending":
@@ -844,10 +875,12 @@ class Engine:
             if nxt.status == "pending":  # a failed step cancels the steps after it, one at a time
                 cancelled = nxt.model_copy(update={"status": "cancelled", "error": f"cancelled: {rec.node_id} failed", "updated_at": now()})
                 if self.state.swap(self.node_key(swarm_id, nxt.node_id), dump(cancelled), nxt_version):
-                    self._terminate(header, cancelled)
-                    return
-            if nxt.status not in TERMINAL:
-                return
+                    nxt = cancelled
+                else:  # changed meanwhile: go on from what it is now
+                    nxt = self.node(swarm_id, nxt.node_id)[0]
+            if nxt.status == "cancelled":  # by this delivery, or by one that died before finishing the cascade
+                self._terminate(header, nxt, recovering)
+            return
         self._join(swarm_id, slot, recovering)
 
     def _marker_key(self, swarm_id: str, slot: JoinSlot, node_id: str) -> str:
@@ -886,22 +919,23 @@ class Engine:
             self.dispatcher.dispatch(swarm_id, parent.blueprint.model_copy(update={"round": slot.round + 1}))
 
     def _finish_swarm(self, swarm_id: str, root: NodeRecord) -> None:
+        """End the swarm: its header, then its `swarm_done` event and its report. A header already
+        ended means a recovery (a re-delivery, `swarm resume`): the worker that ended it may have
+        died before the event or the report, so whichever is missing is written now."""
         key = self.key(swarm_id, "swarm.json")
         header, version = self._load(self.state, key, SwarmHeader, lambda: UnknownSwarm(swarm_id))
-        if header.status in ("done", "failed"):
-            return
-        final = header.model_copy(
-            update={
-                "status": "done" if root.status == "done" else "failed",
-                "report": root.report,
-                "error": root.error,
-                "finished_at": now(),
-            }
-        )
-        if self.state.swap(key, dump(final), version):
-            self._event(swarm_id, Event(kind="swarm_done", node_id=root.node_id, round=root.blueprint.round, data={"status": final.status}))
-            if final.report:
-                self.stores.memory.write(f"reports/{swarm_id}.md", f"# {header.goal}\n\n{final.report}\n".encode())
+        recovering = header.status in ("done", "failed")
+        if not recovering:
+            update = {"status": "done" if root.status == "done" else "failed", "report": root.report, "error": root.error, "finished_at": now()}
+            header = header.model_copy(update=update)
+            if not self.state.swap(key, dump(header), version):
+                return  # another delivery ended it, and writes the rest
+        events = self.history.list(self.key(swarm_id, "events") + "/") if recovering else []
+        if not any(k.endswith("-swarm_done.json") for k in events):
+            self._event(swarm_id, Event(kind="swarm_done", node_id=root.node_id, round=root.blueprint.round, data={"status": header.status}))
+        report = f"reports/{swarm_id}.md"
+        if header.report and not (recovering and self.stores.memory.exists(report)):
+            self.stores.memory.write(report, f"# {header.goal}\n\n{header.report}\n".encode())
 
     def _event(self, swarm_id: str, event: Event) -> None:
         stamp = f"{time.time_ns():020d}"
@@ -963,6 +997,11 @@ class Engine:
 def _routable(space: ActionSpace, action_id: str) -> bool:
     entry = space.entries.get(action_id)
     return isinstance(entry, ActionSpec) and entry.routable
+
+
+def _attempt(event: Event) -> float:
+    """The claim an outcome event came from; events written before events carried it sort last."""
+    return event.data.get("attempt", math.inf)
 
 
 def _waited_in(rec: NodeRecord) -> str:

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError  # noqa: F401  (re-exported)
 
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lowercase
-SWARM_ID = re.compile(r"^sw_[0-9abcdefghjkmnpqrstvwxyz]{26}$")
-NODE_ID = re.compile(r"^[a-z][a-z0-9]*(\.[a-z0-9]+){0,64}$")
+SWARM_ID = re.compile(r"sw_[0-9abcdefghjkmnpqrstvwxyz]{26}")  # fullmatch: `$` would let a final "\n" by
+NODE_ID = re.compile(r"[a-z][a-z0-9]*(\.[a-z0-9]+){0,64}")
 ROOT_ID = "root"
 
 NodeStatus = Literal["pending", "running", "waiting_children", "waiting_user", "done", "failed", "cancelled"]
@@ -38,13 +38,13 @@ def new_swarm_id() -> str:
 
 
 def check_swarm_id(value: str) -> str:
-    if not isinstance(value, str) or not SWARM_ID.match(value):
+    if not isinstance(value, str) or not SWARM_ID.fullmatch(value):
         raise InvalidId(f"invalid swarm id {str(value)[:80]!r}: expected 'sw_' + 26 lowercase base32 chars")
     return value
 
 
 def check_node_id(value: str) -> str:
-    if not isinstance(value, str) or not NODE_ID.match(value):
+    if not isinstance(value, str) or not NODE_ID.fullmatch(value):
         raise InvalidId(f"invalid node id {str(value)[:80]!r}: expected e.g. 'root' or 'root.0.2'")
     return value
 

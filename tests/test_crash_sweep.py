@@ -73,6 +73,15 @@ def sequential_routed_repaired():  # step 0 needs a repair, step 1 goes through 
     return respond
 
 
+def sequential_failed_step():  # step 0 fails after its repairs: steps 1 and 2 are cancelled, never run
+    def respond(messages, schema_name, schema, key):
+        if schema_name == "write_text" and key.startswith("root.0.0/"):
+            return "not json"
+        return default_responder(subtasks=("a", "b", "c"), mode="sequential")(messages, schema_name, schema, key)
+
+    return respond
+
+
 def not_done_once():  # the first supervisor asks for another round
     def respond(messages, schema_name, schema, key):
         if schema_name == "supervise" and key.startswith("root.1.0/"):
@@ -86,6 +95,7 @@ SHAPES = {
     "basic": (basic, None),
     "asks": (asks, None),
     "sequential": (sequential_routed_repaired, None),
+    "failed step": (sequential_failed_step, None),
     "not done": (not_done_once, None),
     "max_llm_calls": (sequential_routed_repaired, {"max_llm_calls": 5}),
     "max_nodes": (basic, {"max_nodes": 3}),
@@ -147,6 +157,16 @@ def run(shape: str, k: int | None, after: bool = False, recover: str = "resume")
     return engine, sid, responder.made, False
 
 
+def _replay(engine, sid, budgets):
+    """A replay of the swarm from its history, in a store of its own, answering as the user did."""
+    replay = make_engine(lambda *a: pytest.fail("a replay must not call the model"), dispatcher=Recorder(), budgets=budgets)
+    replay._transport = engine.replay_transport(sid)
+    rid, _ = replay.load_goal(engine.header(sid).goal)
+    while replay.dispatcher.queue:
+        replay.execute_node(*replay.dispatcher.queue.pop(0))
+    return tree(replay, rid)
+
+
 @pytest.mark.parametrize("recover", ["resume", "redelivery"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_a_worker_killed_at_any_storage_operation_loses_nothing(shape, recover):
@@ -186,4 +206,14 @@ def test_a_worker_killed_at_any_storage_operation_loses_nothing(shape, recover):
             replayed = engine.replay_transport(sid).answers
             if set(replayed) - set(made):
                 problems.append(f"{at}: the recording has answers no call got: {set(replayed) - set(made)}")
+            ended = [e for e in events if e.kind == "swarm_done"]
+            if len(ended) != 1:
+                problems.append(f"{at}: {len(ended)} swarm_done events")
+            if header.report and not engine.stores.memory.exists(f"reports/{sid}.md"):
+                problems.append(f"{at}: the final report was never written")
+            if problems:
+                continue
+            replayed_tree = _replay(engine, sid, budgets)
+            if replayed_tree != now:  # the history is enough to replay it
+                problems.append(f"{at}: its replay gives another tree: {[t for t in replayed_tree if t not in now][:3]}")
     assert not problems, "\n".join(problems[:10])

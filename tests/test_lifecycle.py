@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections import Counter
 
 import pytest
@@ -134,6 +135,40 @@ def test_budgets_fail_a_branch_and_the_swarm_still_ends(budgets, needle):
     assert not engine.dispatcher.errors
 
 
+def test_max_tokens_counts_the_earlier_steps_before_a_step_spawns():
+    # Step two goes through the router, which spawns: the tokens step one used are not in the
+    # counters until the manager resumes, so the spawn must count them itself.
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "break_down_goal":
+            plan = [{"task": "a " * 200, "action": "write_text"}, {"task": "b", "action": "not_an_action"}]
+            return {"subtasks": plan, "mode": "sequential", "question": None}
+        return default_responder()(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    used = {n.node_id: n.usage.tokens for n in engine.nodes(sid)}
+    limit = used["root"] + used["root.0.0"] + used["root.0.1"]  # all spent by the time the router spawns
+    engine = make_engine(responder, budgets={"max_tokens": limit})
+    sid = run_goal(engine)
+    nodes = {n.node_id: n for n in engine.nodes(sid)}
+    assert "root.0.1.0.0" not in nodes, "a call was made after max_tokens was used up"
+    assert f"budget max_tokens={limit} reached" in nodes["root.0.1"].error
+
+
+def test_the_shipped_demo_recording_keeps_the_budgets():
+    from swarm_core.config import load_blueprint
+    from swarm_core.engine import Engine
+
+    bp = load_blueprint(None)
+    bp.stores.state = f"memory://{uuid.uuid4().hex}"
+    recording = bp.root / "recordings" / "lisbon.json"
+    goal = json.loads(recording.read_text())["goal"]
+    engine = Engine(bp)
+    sid = run_goal(engine, goal, llm_source=f"recording:{recording}", budgets={"max_nodes": 2})
+    st = engine.status(sid)
+    assert st["status"] == "failed" and "budget max_nodes=2 exceeded" in st["error"] and st["nodes"] == 1
+
+
 def test_max_llm_calls_holds_across_siblings_that_cannot_see_each_other():
     # 8 sequential steps each make one call: only one is ever in flight, and before reservations
     # each step saw only the plan's call in the counters, so max_llm_calls=2 ended with 9 calls.
@@ -248,6 +283,75 @@ def drain_twice_concurrently(engine, dispatcher):
             threads = [threading.Thread(target=deliver) for _ in range(2)]
             [t.start() for t in threads]
             [t.join() for t in threads]
+
+
+def test_a_delivery_of_the_next_round_resumes_nothing_that_was_not_released():
+    # A stale or forged delivery carries round + 1: a parent whose children have not all
+    # reported, or a node whose question has no answer, must not run on it.
+    def responder(messages, schema_name, schema, key):
+        if key.startswith("root.0.1/"):
+            return {"report": "", "question": "Which one?"}
+        return default_responder(subtasks=("a", "b", "c"))(messages, schema_name, schema, key)
+
+    d = Recorder()
+    engine = make_engine(responder, dispatcher=d)
+    sid, _ = engine.load_goal("Do a thing")
+    engine.execute_node(*d.queue.pop(0))  # the root plans a, b, c
+    engine.execute_node(*d.queue.pop(0))  # a is done
+    engine.execute_node(*d.queue.pop(0))  # b asks the user
+    for node_id in ("root", "root.0.1"):
+        rec = engine.node(sid, node_id)[0]
+        forged = rec.blueprint.model_copy(update={"round": rec.blueprint.round + 1})
+        assert engine.execute_node(sid, forged) == rec.status
+        assert engine.node(sid, node_id)[0] == rec
+    assert [bp.node_id for _, bp in d.queue] == ["root.0.2"]  # nothing else was dispatched
+    engine.execute_node(*d.queue.pop(0))
+    engine.answer(sid, "root.0.1", "the second")
+    while d.queue:
+        engine.execute_node(*d.queue.pop(0))
+    st = engine.status(sid)
+    assert st["status"] == "done" and st["nodes"] == 5
+    sup = next(e for e in kinds(engine, sid, "outcome") if e.node_id == "root.1.0").llm_calls[0].messages[-1]["content"]
+    assert all(f"did {t}" in sup for t in "ac")
+
+
+def test_a_replay_follows_the_claim_that_stood_even_if_a_late_worker_wrote_last():
+    # A worker outlives its lease; the node is taken over and settled; then the late worker's
+    # outcome event lands, and it dies before recording that it was superseded.
+    plans = iter([("a", "b", "c"), ("x", "y")])
+
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "break_down_goal":
+            return default_responder(subtasks=next(plans))(messages, schema_name, schema, key)
+        return default_responder()(messages, schema_name, schema, key)
+
+    class Died(BaseException):
+        pass
+
+    d = Recorder()
+    engine = make_engine(responder, dispatcher=d)
+    engine.blueprint.dispatcher.lease_seconds = 0  # the first claim's lease has run out at once
+    sid, _ = engine.load_goal("Do a thing")
+    root = d.queue.pop(0)
+    real_event, late = engine._event, [True]
+
+    def event(swarm_id, ev):
+        if ev.kind == "outcome" and ev.node_id == "root" and late:
+            late.clear()
+            engine.execute_node(*root)  # the takeover settles first
+            real_event(swarm_id, ev)
+            raise Died
+        return real_event(swarm_id, ev)
+
+    engine._event = event
+    with pytest.raises(Died):
+        engine.execute_node(*root)
+    engine._event = real_event
+    while d.queue:
+        engine.execute_node(*d.queue.pop(0))
+    assert [n.node_id for n in engine.nodes(sid)] == ["root", "root.0.0", "root.0.1", "root.1.0"]
+    replay, rid = _replay(engine, sid)
+    assert _tree(replay, rid) == _tree(engine, sid)
 
 
 def test_duplicate_concurrent_deliveries_run_each_action_once():
@@ -375,6 +479,9 @@ def test_bad_input_is_refused_and_nothing_is_overwritten():
     with pytest.raises(ValueError, match="invalid node id"):
         NodeBlueprint(node_id="../x", action="write_text")
     sid = run_goal(engine)
+    for bad_sid, bad_node in ((sid + "\n", "root"), (sid, "root\n")):  # a final newline: an id check, not a storage error
+        with pytest.raises(ValueError, match="invalid (swarm|node) id"):  # InvalidId, or pydantic's error naming it
+            engine.execute_node(bad_sid, {"node_id": bad_node, "action": "write_text"})
     key = engine.node_key(sid, "root.0.0")
     good = engine.state.read(key)
     engine.state.write(key, b'{"blueprint": {"node_id": "root.0.0"')
@@ -384,9 +491,12 @@ def test_bad_input_is_refused_and_nothing_is_overwritten():
         engine.execute_node(sid, {"node_id": "root.0.0", "action": "write_text"})
     assert engine.state.read(key) == b'{"blueprint": {"node_id": "root.0.0"'
     engine.state.write(key, good)
-    engine.state.write(engine.key(sid, "nodes", "Root_copy.json"), b"{}")  # a stray file, not a node id
-    with pytest.raises(CorruptRecord, match=r"unexpected object swarms/.*/nodes/Root_copy.json in memory://"):
-        engine.nodes(sid)
+    # stray files, which are not node records: named as such, not "unknown node"
+    for stray in ("Root_copy.json", "root.json.bak", "notes.txt"):
+        engine.state.write(engine.key(sid, "nodes", stray), b"{}")
+        with pytest.raises(CorruptRecord, match=rf"unexpected object swarms/.*/nodes/{stray} in memory://"):
+            engine.nodes(sid)
+        engine.state.delete(engine.key(sid, "nodes", stray))
 
 
 def test_a_swarm_whose_creation_failed_half_way_is_still_listed():
