@@ -104,7 +104,9 @@ class Budgets(Model):
     """Hard limits for one swarm; checked before every spawn and every LLM call."""
 
     max_nodes: int = Field(200, ge=1)
-    max_depth: int = Field(4, ge=1, le=32)
+    # A level of the tree adds up to 4 segments to a node id (a plan's child, and the router's
+    # child beside it): 16 levels stay within the 64 segments an id may have (NODE_ID).
+    max_depth: int = Field(4, ge=1, le=16)
     max_rounds: int = Field(3, ge=1)
     max_llm_calls: int = Field(400, ge=1)
     max_tokens: int = Field(2_000_000, ge=1)

@@ -107,7 +107,7 @@ def test_every_environment_variable_read_is_in_the_readme():
         (["run", DEMO_GOAL, "--budget", "max_nodes=²"], 2, "--budget wants NAME=N"),
         (["run", DEMO_GOAL, "--budget", "max_node=5"], 2, "unknown budget 'max_node' (one of max_nodes, max_depth,"),
         (["run", DEMO_GOAL, "--budget", "=5"], 2, "the budget's name is missing (one of max_nodes,"),
-        (["run", DEMO_GOAL, "--budget", "max_depth=99"], 2, "--budget max_depth: Input should be less than or equal to 32"),
+        (["run", DEMO_GOAL, "--budget", "max_depth=99"], 2, "--budget max_depth: Input should be less than or equal to 16"),
         (["run", "an unrecorded goal", "--budget", "max_nodes=0"], 2, "--budget max_nodes: Input should be greater"),
         (["run", DEMO_GOAL, "--blueprint", "/nonexistent"], 2, "blueprint not found"),
         (["list", "--store", "nosuch://x"], 2, "unknown storage scheme 'nosuch'"),

@@ -14,7 +14,7 @@ from scripted import default_responder, task_of
 
 from swarm_core import cooperative
 from swarm_core.engine import CorruptRecord, NotWaiting, SwarmError
-from swarm_core.models import InvalidId, NodeBlueprint
+from swarm_core.models import Budgets, InvalidId, NodeBlueprint
 from swarm_core.store import StoreError
 
 
@@ -133,6 +133,22 @@ def test_budgets_fail_a_branch_and_the_swarm_still_ends(budgets, needle):
     assert needle in errors
     assert st["status"] in ("done", "failed")
     assert not engine.dispatcher.errors
+
+
+def test_the_deepest_tree_max_depth_allows_has_valid_node_ids():
+    # Every manager's subtask goes through the router to another manager: 4 id segments a level.
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "route":
+            enum = schema["properties"]["choice"]["enum"]
+            return {"choice": next(a for a in ("break_down_goal", "writing", "write_text", *enum) if a in enum), "reason": "deeper"}
+        return default_responder(subtasks=("x",), action="not_an_action")(messages, schema_name, schema, key)
+
+    deepest = Budgets.model_fields["max_depth"].metadata[-1].le
+    engine = make_engine(responder, budgets={"max_depth": deepest, "max_nodes": 1000, "max_llm_calls": 1000})
+    sid = run_goal(engine, timeout=120)
+    nodes = engine.nodes(sid)
+    assert max(n.blueprint.depth for n in nodes) == deepest - 1  # a manager delegates while depth + 1 < max_depth
+    assert not [n.error for n in nodes if n.error and "budget" not in n.error]
 
 
 def test_max_tokens_counts_the_earlier_steps_before_a_step_spawns():
