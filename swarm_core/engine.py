@@ -408,6 +408,8 @@ class Engine:
         header = self.header(swarm_id)
         if resume and rec.status == "waiting_children":  # what the resume would have counted
             self._count_join(swarm_id, rec.node_id, current)
+        elif mine and current > 0 and _waited_in(rec) == "waiting_children":  # the claim may have died before counting it
+            self._count_join(swarm_id, rec.node_id, current - 1)
         if mine:  # a spawn its claim (or the dead one before it) counted will never stand
             self._bump(swarm_id, unspawn=(f"{rec.node_id}/{current}", claim))
         fail = Fail(error=error)

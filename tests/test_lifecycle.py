@@ -981,6 +981,32 @@ def test_giving_up_a_resume_still_counts_its_join():
     assert st["status"] == "failed" and engine.counters(sid)[0].llm_calls == len(made) == 4
 
 
+def test_giving_up_a_resume_whose_claim_died_before_counting_its_join_still_counts_it():
+    # The resume's claim stands (its hand-back failed too), but it never counted the join.
+    engine, d, sid, delivery, made = _cancelled_steps_at_root_resume()
+    real_list, real_swap, claimed = engine.state.list, engine.state.swap, []
+
+    def list_(prefix):
+        if "/joins/root/0/" in prefix:
+            raise StoreError("joins unavailable")
+        return real_list(prefix)
+
+    def swap(key, data, version):
+        if key.endswith("/nodes/root.json") and claimed:
+            raise StoreError("state unavailable")  # the hand-back of the claim
+        ok = real_swap(key, data, version)
+        claimed.append(key.endswith("/nodes/root.json") and ok)
+        return ok
+
+    engine.state.list, engine.state.swap = list_, swap
+    with pytest.raises(StoreError) as err:
+        engine.execute_node(*delivery)
+    engine.state.list, engine.state.swap = real_list, real_swap
+    assert engine.node(sid, "root")[0].status == "running"
+    assert engine.fail_node(sid, delivery[1], "gave up", claim=err.value.claim_attempt)
+    assert engine.header(sid).status == "failed" and engine.counters(sid)[0].llm_calls == len(made) == 4
+
+
 def failing_outcome_and_hand_back(engine, node_id):
     """Replacements for the engine's history `create` and state `swap`: the node's first
     outcome event fails, and so does every hand-back of its claim (a store that is down)."""
