@@ -291,6 +291,29 @@ def test_a_replay_that_fails_once_started_names_the_new_swarm(tmp_path, monkeypa
     assert len(new) == 1 and f"replay {new[0]} of {sid}: cannot read" in json.loads(capsys.readouterr().out)["error"]
 
 
+def test_brackets_in_a_goal_task_error_or_question_are_text_not_markup(stub, tmp_path):
+    text = "[/var/log] list[int]"  # rich would fail on the first ("closing tag with nothing to close"), eat the second
+    plan = http_responder(default_responder(subtasks=[f"ask {text}", f"refuse {text}"]))
+
+    def respond(req):
+        if req["response_format"]["json_schema"]["name"] == "write_text" and "Your task: refuse" in req["messages"][1]["content"]:
+            return Reply(refusal=text)
+        if req["response_format"]["json_schema"]["name"] == "write_text":
+            return Reply(content=json.dumps({"report": "", "question": f"which {text}?"}))
+        return plan(req)
+
+    stub.responder = respond
+    store = f"file://{tmp_path}"
+    run = swarm("run", f"sort {text}", "--store", store, env={"OPENAI_BASE_URL": stub.base_url}, check=3)
+    assert f"asks: which {text}?" in run.stderr
+    sid = json.loads(swarm("list", "--json", "--store", store, check=0).stdout)["swarms"][0]["swarm_id"]
+    status = swarm("status", sid, "--store", store, check=3).stdout
+    assert f"waiting_user  sort {text}" in status and f"asks: which {text}?" in status
+    tree = swarm("tree", sid, "--store", store, check=0).stdout
+    for shown in (f"sort {text}", f"write_text ask {text}", f"asks: which {text}?", f"the model refused: {text}"):
+        assert shown in tree, tree
+
+
 def test_failed_swarm_exits_1(stub, tmp_path):
     stub.responder = lambda req: Reply(content="not json")
     proc = swarm("run", "anything", "--json", "--store", f"file://{tmp_path}", env={"OPENAI_BASE_URL": stub.base_url})
