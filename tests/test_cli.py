@@ -322,6 +322,17 @@ def test_failed_swarm_exits_1(stub, tmp_path):
     assert out["status"] == "failed" and "break_down_goal: no valid answer after 3 attempts" in out["error"]
 
 
+def test_a_key_in_the_base_urls_query_is_stored_nowhere(tmp_path):
+    from procs import free_port
+
+    blueprint = tmp_path / "blueprint.toml"
+    blueprint.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\n[llm]\nmax_retries = 0\n')
+    url = f"http://127.0.0.1:{free_port()}/v1?api-key=SECRETQ"  # a closed port: the run fails naming the server
+    proc = swarm("run", "anything", "--json", "--blueprint", str(blueprint), "--store", f"file://{tmp_path}/s", env={"OPENAI_BASE_URL": url}, check=1)
+    assert "cannot reach the LLM server http://127.0.0.1:" in proc.stdout and "SECRETQ" not in proc.stdout + proc.stderr
+    assert not [p for p in (tmp_path / "s").rglob("*") if p.is_file() and b"SECRETQ" in p.read_bytes()]
+
+
 def _fanned_out_run(stub, tmp_path, leaf_delay_s: float, runner: str = "threads"):
     """`swarm run --json` of six slow leaves in a subprocess, on `runner`; returns once all six are running."""
     slow = http_responder(default_responder(subtasks=[f"part {i}" for i in range(6)]))
