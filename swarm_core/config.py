@@ -9,6 +9,7 @@ any store or model.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,11 @@ ENV_OVERRIDES = {
 
 class ConfigError(ValueError):
     """The blueprint or an environment override is wrong; the message says which and where."""
+
+
+def without_userinfo(text: str) -> str:
+    """`text` with the user:password of every URL in it removed, for messages that are shown or logged."""
+    return re.sub(r"(?<=://)[^/?#\s]*@", "", text)
 
 
 class _Section(BaseModel):
