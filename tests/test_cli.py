@@ -111,6 +111,9 @@ def test_every_environment_variable_read_is_in_the_readme():
         (["run", "an unrecorded goal", "--budget", "max_nodes=0"], 2, "--budget max_nodes: Input should be greater"),
         (["run", DEMO_GOAL, "--blueprint", "/nonexistent"], 2, "blueprint not found"),
         (["list", "--store", "nosuch://x"], 2, "unknown storage scheme 'nosuch'"),
+        (["list", "--store", "./.swarm"], 2, "unknown storage './.swarm': use a URI like file://PATH"),
+        (["list", "--store", "~/x.d"], 2, "unknown storage '~/x.d': use a URI like file://PATH"),
+        (["list", "--store", ":Store"], 2, "cannot load storage adapter ':Store': Empty module name"),
         (["list", "--store", f"file://{REPO / 'README.md'}"], 2, "README.md is not a folder"),
         (["run", DEMO_GOAL, "--budget", "max_nodes=" + "9" * 5000], 2, "--budget wants NAME=N with N a whole number"),
     ],
@@ -119,6 +122,12 @@ def test_bad_usage_exits_2_with_one_clear_line(tmp_path, args, code, needle):
     proc = swarm(*args, *(["--store", f"file://{tmp_path}"] if "--store" not in args else []))
     assert proc.returncode == code
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_plain_path_as_the_store_says_to_write_a_uri():
+    proc = swarm("list", "--json", env={"SWARM_STORE": ".swarm"}, check=2)
+    assert json.loads(proc.stdout) == {"error": "unknown storage '.swarm': use a URI like file://PATH or memory://NAME", "exit_code": 2}
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 @pytest.mark.parametrize("source", ["env", "file"])
