@@ -130,6 +130,17 @@ def test_a_plain_path_as_the_store_says_to_write_a_uri():
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.parametrize("kind, needle", [("binary", "is not UTF-8 text"), ("folder", "cannot read blueprint {file}: Is a directory")])
+def test_an_unreadable_blueprint_is_one_line_naming_the_file(tmp_path, kind, needle):
+    file = tmp_path / "blueprint.toml"
+    if kind == "binary":
+        file.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe")  # `--blueprint /bin/ls`
+    else:
+        file.mkdir()  # `--blueprint DIR` reads DIR/blueprint.toml
+    proc = swarm("list", "--blueprint", str(file if kind == "binary" else tmp_path), "--store", f"file://{tmp_path}", check=2)
+    assert needle.format(file=file) in proc.stderr and str(file) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 @pytest.mark.parametrize("source", ["env", "file"])
 def test_a_bad_setting_is_one_line_naming_the_setting_and_its_source(tmp_path, source):
     env, blueprint = {}, tmp_path / "blueprint.toml"
