@@ -82,7 +82,7 @@ def test_actions_add_move_rm_tree_validate(tmp_path):
         )
     )
     (tmp_path / "inc.py").write_text("def inc(x: int) -> int:\n    return x + 1\n")
-    swarm("actions", "add", "maths", "--folder", "--description", "Arithmetic", "--parent", "functions", *store, check=0)
+    swarm("actions", "add", "maths", "--folder", "--description", "Arithmetic on [/var/log] list[int]", "--parent", "functions", *store, check=0)
     added = json.loads(swarm("actions", "add", "inc", "--spec", str(tmp_path / "inc.json"), "--code", str(tmp_path / "inc.py"), "--parent", "maths", *store, "--json", check=0).stdout)
     assert added["added"]["handler"] == "swarm_core.actions:run_function"
     dup = swarm("actions", "add", "inc", "--spec", str(tmp_path / "inc.json"), "--code", str(tmp_path / "inc.py"), *store)
@@ -93,7 +93,8 @@ def test_actions_add_move_rm_tree_validate(tmp_path):
     software = next(n for n in tree if n["id"] == "software")
     functions = next(n for n in software["children"] if n["id"] == "functions")
     assert functions["children"][0]["id"] == "maths" and functions["children"][0]["children"][0]["id"] == "inc"
-    assert "inc python v1" in swarm("actions", "tree", *store, check=0).stdout
+    text = swarm("actions", "tree", *store, check=0).stdout
+    assert "inc python v1" in text and "maths/ Arithmetic on [/var/log] list[int]" in text  # text, not markup
     assert swarm("actions", "rm", "maths", *store).returncode == 2  # not empty
     swarm("actions", "move", "inc", "software", *store, check=0)
     swarm("actions", "rm", "maths", *store, check=0)
