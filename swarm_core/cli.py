@@ -768,6 +768,8 @@ def cmd_actions_add(args) -> int:
             if not args.spec:
                 raise UsageError("give --folder, or --spec FILE.json for an action")
             raw = json.loads(_read(args.spec))
+            if not isinstance(raw, dict):
+                raise UsageError(f"--spec must hold a JSON object (ActionSpec fields), not {type(raw).__name__}")
             entry = ActionSpec.model_validate({**raw, "id": args.id, **fields, "name": fields.get("name") or raw.get("name") or args.id})
             added = space.add(entry, code=_read(args.code) if args.code else "")
     except (ValueError, OSError) as exc:

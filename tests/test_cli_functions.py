@@ -67,6 +67,14 @@ def test_fn_errors_exit_with_clear_codes(tmp_path):
     assert json.loads(swarm("fn", "run", "nope", *store, "--json").stdout) == {"error": "unknown function 'nope'", "exit_code": 2}
 
 
+def test_actions_add_wants_a_json_object_in_the_spec_file(tmp_path):
+    for text in ('"a string"', "[]", "3"):
+        (tmp_path / "spec.json").write_text(text)
+        proc = swarm("actions", "add", "x", "--spec", str(tmp_path / "spec.json"), "--store", f"file://{tmp_path}", "--json", check=2)
+        assert json.loads(proc.stdout)["error"].startswith("--spec must hold a JSON object"), proc.stdout
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_actions_add_move_rm_tree_validate(tmp_path):
     store = ["--store", f"file://{tmp_path}"]
     (tmp_path / "inc.json").write_text(
