@@ -76,6 +76,15 @@ def test_list_says_how_many_more_its_limit_left_out(tmp_path):
         assert "argument --limit: wants a number of at least 1" in swarm("list", "--limit", bad, "--store", store, check=2).stderr
 
 
+def test_list_skips_a_stray_object_in_the_index(tmp_path):
+    store = f"file://{tmp_path}"
+    sid = _demo_swarm(store)
+    (tmp_path / "index" / "junk").write_text("")  # a hand-made file or a tool's placeholder
+    listed = json.loads(swarm("list", "--json", "--store", store, check=0).stdout)
+    assert [s["swarm_id"] for s in listed["swarms"]] == [sid] and listed["more"] == 0
+    assert swarm("list", "--store", store, check=0).stdout.startswith(sid)
+
+
 def test_version_is_the_installed_package_version():
     import tomllib
 
