@@ -392,8 +392,9 @@ def _print_report(report: str) -> None:
 
 def _finish(engine: Engine, swarm_id: str, args, status: dict[str, Any], extra: dict | None = None) -> int:
     errors = getattr(engine.dispatcher, "errors", [])
-    if status["status"] == "running" and errors:
-        status["error"] = f"{len(errors)} invocation(s) failed, first: {errors[0]}; finish with `swarm resume {swarm_id}`"
+    if errors:  # whatever the status: a node answered but still `waiting_user` did not run either
+        failed = f"{len(errors)} invocation(s) failed, first: {errors[0]}; finish with `swarm resume {swarm_id}`"
+        status["error"] = f"{status['error']}; {failed}" if status["error"] else failed
     if args.json:
         nodes = _node_rows(engine.nodes(swarm_id))
         print(json.dumps({**{k: status[k] for k in ("swarm_id", "status", "report", "error", "usage", "waiting")}, "nodes": nodes, **(extra or {})}))
@@ -409,6 +410,8 @@ def _finish(engine: Engine, swarm_id: str, args, status: dict[str, Any], extra: 
             f"[dim]{swarm_id} {status['status']} · {status['nodes']} nodes · {u['llm_calls']} LLM calls · "
             f"{u['prompt_tokens'] + u['completion_tokens']} tokens · llm: {escape(status['llm_source'])}[/]"
         )
+    if errors and status["status"] == "waiting_user":
+        return 1  # incomplete, not waiting: what failed needs `swarm resume`, not another answer
     return EXIT.get(status["status"], 1)
 
 
@@ -504,6 +507,7 @@ def cmd_resume(args) -> int:
     before = engine.status(args.swarm_id)
     if before["status"] in ("done", "failed"):
         return _finish(engine, args.swarm_id, args, before)
+    _need_model(engine, args.swarm_id)
     sent = engine.resume(args.swarm_id)
     if not args.json:
         err.print(f"resumed {args.swarm_id}: {sent} deliveries")
@@ -582,6 +586,7 @@ def cmd_list(args) -> int:
 
 def cmd_answer(args) -> int:
     engine = _engine(args)
+    _need_model(engine, args.swarm_id)  # before the answer is stored: stored, it cannot be given again
     engine.answer(args.swarm_id, args.node_id, args.text)
     if not args.json:
         err.print(f"answered {args.node_id}; continuing {args.swarm_id}")
@@ -591,13 +596,23 @@ def cmd_answer(args) -> int:
 # --- functions and the action space ------------------------------------------------------
 
 
-def _functions(args, llm: bool = False) -> Functions:
-    engine = _engine(args)
-    if llm and not llm_configured(engine.blueprint):
+def _need_model(engine: Engine, swarm_id: str | None = None) -> None:
+    """Refuse up front what needs a live model when none is configured: the factory, or going on
+    with a swarm that was started on one (a replay or the shipped recording needs none)."""
+    if swarm_id and engine.header(swarm_id).llm_source.startswith(("replay:", "recording:")):
+        return
+    if not llm_configured(engine.blueprint):
+        who = f"swarm {swarm_id} was started on a live model and" if swarm_id else "the factory"
         raise ConfigError(
-            "no LLM configured: the factory needs one. Set OPENAI_API_KEY, or OPENAI_BASE_URL for any "
+            f"no LLM configured: {who} needs one. Set OPENAI_API_KEY, or OPENAI_BASE_URL for any "
             "OpenAI-compatible server (Ollama, vLLM, llama.cpp)"
         )
+
+
+def _functions(args, llm: bool = False) -> Functions:
+    engine = _engine(args)
+    if llm:
+        _need_model(engine)
     return engine.functions()
 
 

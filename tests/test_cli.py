@@ -12,7 +12,7 @@ import time
 
 import pytest
 from conftest import CLEAN_ENV, REPO, Reply
-from scripted import default_responder
+from scripted import asks_colour, default_responder
 from test_llm_http import http_responder
 
 from swarm_core.store import StoreError
@@ -360,6 +360,41 @@ def test_a_key_in_the_base_urls_query_is_stored_nowhere(tmp_path):
     proc = swarm("run", "anything", "--json", "--blueprint", str(blueprint), "--store", f"file://{tmp_path}/s", env={"OPENAI_BASE_URL": url}, check=1)
     assert "cannot reach the LLM server http://127.0.0.1:" in proc.stdout and "SECRETQ" not in proc.stdout + proc.stderr
     assert not [p for p in (tmp_path / "s").rglob("*") if p.is_file() and b"SECRETQ" in p.read_bytes()]
+
+
+def _waiting_swarm(stub, store: str) -> str:
+    """A swarm run on the stub model until its node root.0.1 asks the user a question."""
+    stub.responder = http_responder(asks_colour())
+    return json.loads(swarm("run", "Write a and b", "--store", store, "--json", env={"OPENAI_BASE_URL": stub.base_url}, check=3).stdout)["swarm_id"]
+
+
+def test_answer_or_resume_without_the_swarms_model_is_refused_before_anything_is_stored(stub, tmp_path):
+    store = f"file://{tmp_path}"
+    sid = _waiting_swarm(stub, store)
+    def files():
+        return {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    before = files()
+    for args in (["answer", sid, "root.0.1", "blue"], ["resume", sid]):
+        proc = swarm(*args, "--store", store, "--json", check=2)  # no OPENAI_API_KEY / OPENAI_BASE_URL now
+        error = json.loads(proc.stdout)["error"]
+        assert error.startswith(f"no LLM configured: swarm {sid} was started on a live model and needs one. Set OPENAI_API_KEY"), error
+        assert proc.stderr == f"swarm: error: {error}\n"
+    assert files() == before  # the answer was not taken: it can still be given
+    done = swarm("answer", sid, "root.0.1", "blue", "--store", store, "--json", env={"OPENAI_BASE_URL": stub.base_url}, check=0)
+    assert json.loads(done.stdout)["status"] == "done"
+
+
+def test_an_answer_whose_branch_cannot_run_says_why_and_exits_1(stub, tmp_path):
+    store = f"file://{tmp_path / 'store'}"
+    sid = _waiting_swarm(stub, store)
+    blueprint = tmp_path / "azure.toml"  # a model configured (its endpoint) but no client can be made (no key)
+    blueprint.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\n[llm]\nprovider = "azure"\n')
+    env = {"AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9"}
+    proc = swarm("answer", sid, "root.0.1", "blue", "--blueprint", str(blueprint), "--store", store, "--json", env=env, check=1)
+    out = json.loads(proc.stdout)
+    assert out["status"] == "waiting_user" and out["error"].startswith("1 invocation(s) failed, first: "), out
+    assert out["error"].endswith(f"finish with `swarm resume {sid}`")
 
 
 def _fanned_out_run(stub, tmp_path, leaf_delay_s: float, runner: str = "threads"):

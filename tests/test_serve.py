@@ -376,16 +376,9 @@ def test_execute_node_answers_synchronously_without_prefer_and_redelivery_change
 
 
 def test_a_question_is_answered_through_execute_node_over_http(stub, tmp_path):
-    from scripted import task_of
+    from scripted import asks_colour
 
-    def script(messages, schema_name, schema, key):
-        if schema_name == "write_text" and task_of(messages) == "b":
-            if "The user answered" in messages[-1]["content"]:
-                return {"report": "did b in blue", "question": None}
-            return {"report": "", "question": "Which colour?"}
-        return default_responder(subtasks=("a", "b"))(messages, schema_name, schema, key)
-
-    stub.responder = http_responder(script)
+    stub.responder = http_responder(asks_colour())
     store = f"file://{tmp_path / 'store'}"
     with Functions(tmp_path, {"SWARM_STORE": store, "OPENAI_BASE_URL": stub.base_url}) as fns:
         status, body = post(fns.load_goal, {"goal": "Write a and b"})
