@@ -75,6 +75,17 @@ def test_actions_add_wants_a_json_object_in_the_spec_file(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_a_corrupted_function_version_exits_1_on_every_command(tmp_path):
+    store = ["--store", f"file://{tmp_path}"]
+    (tmp_path / "inc.json").write_text(json.dumps({"description": "adds one", "type": "python", "entry": "inc", "input_schema": {"type": "object"}}))
+    (tmp_path / "inc.py").write_text("def inc(x):\n    return x + 1\n")
+    swarm("actions", "add", "inc", "--spec", str(tmp_path / "inc.json"), "--code", str(tmp_path / "inc.py"), *store, check=0)
+    (tmp_path / "actions" / "versions" / "inc" / "1.json").write_text('{"spec": ')
+    for args in (["fn", "run", "inc", "--args", '{"x": 1}'], ["fn", "show", "inc"], ["fn", "test", "inc"]):
+        proc = swarm(*args, *store, "--json")
+        assert proc.returncode == 1 and "corrupted actions/versions/inc/1.json" in json.loads(proc.stdout)["error"], (args, proc.stderr)
+
+
 def test_actions_add_move_rm_tree_validate(tmp_path):
     store = ["--store", f"file://{tmp_path}"]
     (tmp_path / "inc.json").write_text(
