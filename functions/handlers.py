@@ -208,6 +208,8 @@ def parse(method: str, body: bytes | None, headers: dict[str, str], *, trusted: 
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Rejected(400, f"malformed JSON: {exc}") from None
+    except RecursionError:  # under the size limit, "[" * 50000 still exhausts the parser's stack
+        raise Rejected(400, "the JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise Rejected(400, "expected a JSON object")
     return data

@@ -726,6 +726,8 @@ def cmd_fn_run(args) -> int:
         call = json.loads(args.args)
     except json.JSONDecodeError as exc:
         raise UsageError(f"--args is not JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise UsageError("--args is nested too deeply") from None
     result = _functions(args).run(args.name, call, args.version)
     if args.json:
         print(json.dumps(result.model_dump()))

@@ -56,6 +56,7 @@ def test_fn_errors_exit_with_clear_codes(tmp_path):
         (["fn", "create", "anything"], 2, "no LLM configured"),
         (["fn", "run", "nope"], 2, "unknown function 'nope'"),
         (["fn", "run", "nope", "--args", "{bad"], 2, "--args is not JSON"),
+        (["fn", "run", "nope", "--args", "[" * 5000 + "]" * 5000], 2, "--args is nested too deeply"),
         (["fn", "show", "nope"], 2, "unknown function 'nope'"),
         (["actions", "rm", "write_text"], 2, "write_text is a built-in"),
         (["actions", "add", "x"], 2, "give --folder, or --spec"),

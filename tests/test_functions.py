@@ -50,6 +50,7 @@ LOAD_GOAL_BAD = [
     (b'{"goal": "x"', 400, "malformed JSON"),
     (b"[1, 2]", 400, "expected a JSON object"),
     (b"\xff\xfe", 400, "malformed JSON"),
+    (b"[" * 50000 + b"]" * 50000, 400, "the JSON is nested too deeply"),
     ({}, 400, "missing field(s): goal"),
     ({"goal": "x", "extra": 1}, 400, "unknown field(s): extra"),
     ({"goal": 42}, 400, "goal must be a string"),
