@@ -14,13 +14,14 @@ import logging
 import os
 import threading
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from pydantic import ValidationError
 
-from swarm_core.config import ConfigError, load_blueprint
+from swarm_core.config import ConfigError, load_blueprint, without_userinfo
 from swarm_core.dispatchers import RemoteDispatcher, decode_pubsub_push, env_int, give_up, make_dispatcher
 from swarm_core.engine import Engine, SwarmError, check_goal
 from swarm_core.models import InvalidId, NodeBlueprint, check_swarm_id
@@ -155,18 +156,19 @@ def _guard(call: Callable[[], Reply]) -> Reply:
         if exc.code >= 500:  # a corrupted record: its message names the store
             return _internal(exc)
         return Reply(exc.code, {"error": ERRORS.get(exc.code, "error"), "detail": str(exc)})
-    except ConfigError as exc:
-        return Reply(500, {"error": "misconfigured", "detail": str(exc)})
-    except Exception as exc:  # storage trouble or a bug: a queue redelivers on 5xx
+    except Exception as exc:  # a misconfiguration, storage trouble or a bug: a queue redelivers on 5xx
         return _internal(exc)
 
 
 def _internal(exc: Exception) -> Reply:
     """A 500 says what happened only in the logs: messages name stores, buckets and paths, which
-    are the deployment's business, not the caller's. The incident id joins the two."""
+    are the deployment's business, not the caller's. The incident id joins the two. The logs get
+    no URL's user:password; a misconfiguration's message says it all, without a traceback."""
     incident = uuid.uuid4().hex[:12]
-    logging.getLogger("swarm").error("invocation failed, incident %s: %s: %s", incident, type(exc).__name__, exc, exc_info=exc)
-    return Reply(500, {"error": ERRORS.get(500, "internal"), "detail": f"internal error, incident {incident}: see the function's logs"})
+    trace = "" if isinstance(exc, ConfigError) else "\n" + "".join(traceback.format_exception(exc)).rstrip()
+    logging.getLogger("swarm").error("invocation failed, incident %s: %s", incident, without_userinfo(f"{type(exc).__name__}: {exc}{trace}"))
+    error, what = ("misconfigured", "misconfigured deployment") if isinstance(exc, ConfigError) else (ERRORS[500], "internal error")
+    return Reply(500, {"error": error, "detail": f"{what}, incident {incident}: see the function's logs"})
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -206,6 +208,8 @@ def parse(method: str, body: bytes | None, headers: dict[str, str], *, trusted: 
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Rejected(400, f"malformed JSON: {exc}") from None
+    except RecursionError:  # under the size limit, "[" * 50000 still exhausts the parser's stack
+        raise Rejected(400, "the JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise Rejected(400, "expected a JSON object")
     return data

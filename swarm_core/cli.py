@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.tree import Tree
 
 from .actions import ActionError, ActionSpec, FolderSpec
@@ -30,7 +31,7 @@ from .engine import CorruptRecord, Engine, SwarmError, UnknownSwarm, check_goal
 from .executor import FunctionError
 from .factory import Functions
 from .llm import LLMError
-from .models import Budgets, InvalidId, NodeRecord
+from .models import SWARM_ID, Budgets, InvalidId, NodeRecord
 from .runtime import build_engine, llm_configured, llm_source_for
 from .serve import add_serve_parser
 from .space import SpaceError, signature, space_tree
@@ -274,8 +275,9 @@ def _engine(args) -> Engine:
 
 
 def render_tree(nodes: list[NodeRecord], title: str) -> Tree:
-    """The node tree under `title` and a count per status: on a terminal a wide swarm's tree is
-    cut at the screen's height, and the counts still show how far it has got."""
+    """The node tree under `title` (markup) and a count per status: on a terminal a wide swarm's
+    tree is cut at the screen's height, and the counts still show how far it has got. Tasks,
+    errors and questions are escaped: a model's `list[int]` is text, not a style."""
     counts: dict[str, int] = {}
     for n in nodes:
         counts[n.status] = counts.get(n.status, 0) + 1
@@ -285,11 +287,11 @@ def render_tree(nodes: list[NodeRecord], title: str) -> Tree:
     for n in nodes:
         icon, color = STYLE[n.status]
         task = str(n.blueprint.input.get("task", ""))
-        label = f"[{color}]{icon} {n.node_id}[/] [bold]{n.blueprint.action}[/] [dim]{_short(task, 70)}[/]"
+        label = f"[{color}]{icon} {n.node_id}[/] [bold]{n.blueprint.action}[/] [dim]{escape(_short(task, 70))}[/]"
         if n.status == "failed" and n.error:
-            label += f"\n[red]{_short(n.error, 160)}[/]"
+            label += f"\n[red]{escape(_short(n.error, 160))}[/]"
         elif n.status == "waiting_user":
-            label += f"\n[magenta]asks: {_short(n.question or '', 160)}[/]"
+            label += f"\n[magenta]asks: {escape(_short(n.question or '', 160))}[/]"
         parent = branches.get(n.blueprint.parent_id or "", tree)
         branches[n.node_id] = parent.add(label)
     return tree
@@ -390,8 +392,9 @@ def _print_report(report: str) -> None:
 
 def _finish(engine: Engine, swarm_id: str, args, status: dict[str, Any], extra: dict | None = None) -> int:
     errors = getattr(engine.dispatcher, "errors", [])
-    if status["status"] == "running" and errors:
-        status["error"] = f"{len(errors)} invocation(s) failed, first: {errors[0]}; finish with `swarm resume {swarm_id}`"
+    if errors:  # whatever the status: a node answered but still `waiting_user` did not run either
+        failed = f"{len(errors)} invocation(s) failed, first: {errors[0]}; finish with `swarm resume {swarm_id}`"
+        status["error"] = f"{status['error']}; {failed}" if status["error"] else failed
     if args.json:
         nodes = _node_rows(engine.nodes(swarm_id))
         print(json.dumps({**{k: status[k] for k in ("swarm_id", "status", "report", "error", "usage", "waiting")}, "nodes": nodes, **(extra or {})}))
@@ -399,14 +402,16 @@ def _finish(engine: Engine, swarm_id: str, args, status: dict[str, Any], extra: 
         if status["report"]:
             _print_report(status["report"])
         if status["error"]:
-            err.print(f"[red]error:[/] {status['error']}", highlight=False)
+            err.print(f"[red]error:[/] {escape(status['error'])}", highlight=False)
         for w in status["waiting"]:
-            err.print(f"[magenta]{w['node_id']} asks:[/] {w['question']}\n  answer with: swarm answer {swarm_id} {w['node_id']} \"…\"")
+            err.print(f"[magenta]{w['node_id']} asks:[/] {escape(w['question'])}\n  answer with: swarm answer {swarm_id} {w['node_id']} \"…\"")
         u = status["usage"]
         err.print(
             f"[dim]{swarm_id} {status['status']} · {status['nodes']} nodes · {u['llm_calls']} LLM calls · "
-            f"{u['prompt_tokens'] + u['completion_tokens']} tokens · llm: {status['llm_source']}[/]"
+            f"{u['prompt_tokens'] + u['completion_tokens']} tokens · llm: {escape(status['llm_source'])}[/]"
         )
+    if errors and status["status"] == "waiting_user":
+        return 1  # incomplete, not waiting: what failed needs `swarm resume`, not another answer
     return EXIT.get(status["status"], 1)
 
 
@@ -445,7 +450,7 @@ def cmd_run(args) -> int:
         )
     swarm_id, _ = engine.load_goal(args.goal, budgets=budgets, llm_source=source)
     if not args.json:
-        err.print(f"[bold]{swarm_id}[/] started · store {engine.state.uri}")
+        err.print(f"[bold]{swarm_id}[/] started · store {escape(engine.state.uri)}")
     status = _drive(engine, swarm_id, args)
     return _finish(engine, swarm_id, args, status)
 
@@ -457,13 +462,13 @@ def cmd_status(args) -> int:
         print(json.dumps(status))
     else:
         u = status["usage"]
-        out.print(f"[bold]{status['swarm_id']}[/] {status['status']}  {status['goal']}", highlight=False)
-        out.print(f"nodes: {status['nodes']} {status['by_status']}  llm: {status['llm_source']}", highlight=False)
+        out.print(f"[bold]{status['swarm_id']}[/] {status['status']}  {escape(status['goal'])}", highlight=False)
+        out.print(f"nodes: {status['nodes']} {status['by_status']}  llm: {status['llm_source']}", highlight=False, markup=False)
         out.print(f"usage: {u['llm_calls']} LLM calls, {u['prompt_tokens']}+{u['completion_tokens']} tokens, {u['seconds']} s", highlight=False)
         for w in status["waiting"]:
-            out.print(f"{w['node_id']} asks: {w['question']}", highlight=False)
+            out.print(f"{w['node_id']} asks: {w['question']}", highlight=False, markup=False)
         if status["error"]:
-            out.print(f"error: {status['error']}", highlight=False)
+            out.print(f"error: {status['error']}", highlight=False, markup=False)
     return EXIT.get(status["status"], 1) if status["status"] != "running" else 0
 
 
@@ -473,7 +478,7 @@ def cmd_tree(args) -> int:
     if args.json:
         print(json.dumps({"swarm_id": args.swarm_id, "nodes": _node_rows(nodes)}))
     else:
-        tree = render_tree(nodes, f"[bold]{args.swarm_id}[/] {engine.header(args.swarm_id).goal}")
+        tree = render_tree(nodes, f"[bold]{args.swarm_id}[/] {escape(engine.header(args.swarm_id).goal)}")
         # `out` soft-wraps, which makes rich crop each label at the console's width (80 in a pipe):
         # on a terminal labels wrap inside the tree; into a pipe each node stays one whole line
         (out if out.is_terminal else _Console(width=100_000)).print(tree, soft_wrap=False)
@@ -502,6 +507,7 @@ def cmd_resume(args) -> int:
     before = engine.status(args.swarm_id)
     if before["status"] in ("done", "failed"):
         return _finish(engine, args.swarm_id, args, before)
+    _need_model(engine, args.swarm_id)
     sent = engine.resume(args.swarm_id)
     if not args.json:
         err.print(f"resumed {args.swarm_id}: {sent} deliveries")
@@ -551,14 +557,14 @@ def cmd_snapshot(args) -> int:
         _write(args.out, text)
     print(text)
     if not args.json:
-        err.print(f"snapshot of {len(snap['nodes'])} nodes written to {engine.state.uri}/{key}" + (f" and {args.out}" if args.out else ""))
+        err.print(f"snapshot of {len(snap['nodes'])} nodes written to {engine.state.uri}/{key}" + (f" and {args.out}" if args.out else ""), markup=False)
     return 0
 
 
 def cmd_list(args) -> int:
     engine = _engine(args)
     rows = []
-    ids = engine.swarm_ids()
+    ids = [sid for sid in engine.swarm_ids() if SWARM_ID.match(sid)]  # a stray object under index/ is no swarm
     more = max(len(ids) - args.limit, 0)
     for sid in ids[: args.limit]:
         try:
@@ -574,12 +580,13 @@ def cmd_list(args) -> int:
         if more:
             err.print(f"{more} more swarm(s); --limit N lists more", highlight=False)
         if not rows:
-            err.print(f"no swarms in {engine.state.uri}")
+            err.print(f"no swarms in {engine.state.uri}", markup=False)
     return 0
 
 
 def cmd_answer(args) -> int:
     engine = _engine(args)
+    _need_model(engine, args.swarm_id)  # before the answer is stored: stored, it cannot be given again
     engine.answer(args.swarm_id, args.node_id, args.text)
     if not args.json:
         err.print(f"answered {args.node_id}; continuing {args.swarm_id}")
@@ -589,13 +596,23 @@ def cmd_answer(args) -> int:
 # --- functions and the action space ------------------------------------------------------
 
 
-def _functions(args, llm: bool = False) -> Functions:
-    engine = _engine(args)
-    if llm and not llm_configured(engine.blueprint):
+def _need_model(engine: Engine, swarm_id: str | None = None) -> None:
+    """Refuse up front what needs a live model when none is configured: the factory, or going on
+    with a swarm that was started on one (a replay or the shipped recording needs none)."""
+    if swarm_id and engine.header(swarm_id).llm_source.startswith(("replay:", "recording:")):
+        return
+    if not llm_configured(engine.blueprint):
+        who = f"swarm {swarm_id} was started on a live model and" if swarm_id else "the factory"
         raise ConfigError(
-            "no LLM configured: the factory needs one. Set OPENAI_API_KEY, or OPENAI_BASE_URL for any "
+            f"no LLM configured: {who} needs one. Set OPENAI_API_KEY, or OPENAI_BASE_URL for any "
             "OpenAI-compatible server (Ollama, vLLM, llama.cpp)"
         )
+
+
+def _functions(args, llm: bool = False) -> Functions:
+    engine = _engine(args)
+    if llm:
+        _need_model(engine)
     return engine.functions()
 
 
@@ -665,7 +682,7 @@ def cmd_fn_list(args) -> int:
     text = "\n".join(f"{r['id']:<24} v{r['version']:<3} {r['status']:<7} {r['signature']}" for r in rows)
     _print(args, {"functions": rows}, text)
     if not rows and not args.json:
-        err.print(f"no functions in {functions.space.store.uri}; create one with: swarm fn create \"…\"")
+        err.print(f"no functions in {functions.space.store.uri}; create one with: swarm fn create \"…\"", markup=False)
     return 0
 
 
@@ -709,6 +726,8 @@ def cmd_fn_run(args) -> int:
         call = json.loads(args.args)
     except json.JSONDecodeError as exc:
         raise UsageError(f"--args is not JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise UsageError("--args is nested too deeply") from None
     result = _functions(args).run(args.name, call, args.version)
     if args.json:
         print(json.dumps(result.model_dump()))
@@ -732,10 +751,10 @@ def cmd_actions_tree(args) -> int:
             tag = " [dim](built-in)[/]" if item["builtin"] else ""
             if item["kind"] == "folder":
                 fallback = f" [dim]· fallback {item['fallback']}[/]" if item.get("fallback") else ""
-                add(branch.add(f"[bold]{item['id']}/[/] {_short(item['description'], 70)}{tag}{fallback}"), item["children"])
+                add(branch.add(f"[bold]{item['id']}/[/] {escape(_short(item['description'], 70))}{tag}{fallback}"), item["children"])
             else:
                 state = " [yellow]draft[/]" if item["status"] == "draft" else ""
-                branch.add(f"{item['id']} [dim]{item['type']} v{item['version']}[/]{state} {_short(item['description'], 70)}{tag}")
+                branch.add(f"{item['id']} [dim]{item['type']} v{item['version']}[/]{state} {escape(_short(item['description'], 70))}{tag}")
 
     add(root, nodes)
     out.print(root)
@@ -766,6 +785,8 @@ def cmd_actions_add(args) -> int:
             if not args.spec:
                 raise UsageError("give --folder, or --spec FILE.json for an action")
             raw = json.loads(_read(args.spec))
+            if not isinstance(raw, dict):
+                raise UsageError(f"--spec must hold a JSON object (ActionSpec fields), not {type(raw).__name__}")
             entry = ActionSpec.model_validate({**raw, "id": args.id, **fields, "name": fields.get("name") or raw.get("name") or args.id})
             added = space.add(entry, code=_read(args.code) if args.code else "")
     except (ValueError, OSError) as exc:

@@ -9,6 +9,7 @@ any store or model.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,11 @@ ENV_OVERRIDES = {
 
 class ConfigError(ValueError):
     """The blueprint or an environment override is wrong; the message says which and where."""
+
+
+def without_userinfo(text: str) -> str:
+    """`text` with the user:password of every URL in it removed, for messages that are shown or logged."""
+    return re.sub(r"(?<=://)[^/?#\s]*@", "", text)
 
 
 class _Section(BaseModel):
@@ -127,11 +133,15 @@ def load_blueprint(path: str | os.PathLike | None = None) -> SwarmBlueprint:
         target = BLUEPRINTS_DIR / target  # a bare name: `--blueprint default`
     file = target / "blueprint.toml" if target.is_dir() else target
     try:
-        raw = tomllib.loads(file.read_text())
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))  # TOML is UTF-8 whatever the locale
     except FileNotFoundError:
         raise ConfigError(f"blueprint not found: {file}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"blueprint {file} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"blueprint {file} is not UTF-8 text") from None
+    except OSError as exc:  # e.g. blueprint.toml is a folder, or unreadable
+        raise ConfigError(f"cannot read blueprint {file}: {exc.strerror or exc}") from None
     raw.setdefault("root", str(file.parent))
     overridden = {setting: var for setting, var in ENV_OVERRIDES.items() if os.environ.get(var)}
     for (section, key), var in overridden.items():

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlsplit
 
-from .config import ConfigError, SwarmBlueprint
+from .config import ConfigError, SwarmBlueprint, without_userinfo
 from .dispatch import Dispatcher, PooledDispatcher, local_dispatcher
 from .models import NodeBlueprint
 
@@ -203,7 +203,7 @@ class HttpDispatcher(RemoteDispatcher):
             raise ConfigError("the http dispatcher needs the execute_node URL: set SWARM_EXECUTE_NODE_URL or [dispatcher] url")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"execute_node URL must be http(s)://HOST[:PORT]/PATH, got {url!r}")
+            raise ConfigError(f"execute_node URL must be http(s)://HOST[:PORT]/PATH, got {without_userinfo(url)!r}")
         self.url, self._parts, self.timeout_s = url, parts, timeout_s
         super().__init__(concurrency=concurrency, **kw)
 

@@ -28,7 +28,8 @@ class FunctionError(Exception):
     """`exec_function` could not return a valid result; the message says why.
 
     `usage` is True when the caller asked for something wrong (unknown function, a draft,
-    arguments that do not fit): the CLI exits 2 for those, 1 for a function that failed."""
+    arguments that do not fit): the CLI exits 2 for those, 1 for a function that failed or a
+    corrupted record."""
 
     def __init__(self, message: str, *, usage: bool = False, stdout: str = ""):
         super().__init__(message)
@@ -57,8 +58,10 @@ def exec_function(
     """Run action `name` (at `version`, default the active one) with `args`; raise FunctionError."""
     try:
         record = space.version(name, version)
-    except (SpaceError, ActionError) as exc:
+    except SpaceError as exc:
         raise FunctionError(str(exc), usage=True) from None
+    except ActionError as exc:  # a corrupted record: the store's trouble, not the caller's mistake
+        raise FunctionError(str(exc)) from None
     spec = record.spec
     if version is None and spec.status == "draft":
         raise FunctionError(f"{name} has only drafts (their tests fail); run one explicitly with version=N", usage=True)

@@ -324,9 +324,9 @@ class OpenAITransport:
 
     @property
     def server(self) -> str:
-        """The client's base URL for messages, without any user:password in it."""
-        url = self.client.base_url
-        return str(url.copy_with(username=None, password=None) if url.userinfo else url)
+        """The client's base URL for messages (which are stored): scheme, host, port and path only,
+        since a key may ride in its user:password or its query (`?api-key=`)."""
+        return str(self.client.base_url.copy_with(username=None, password=None, query=None, fragment=None))
 
     def complete(self, messages, schema_name, schema, key, *, text=False, temperature=None) -> Completion:
         import openai

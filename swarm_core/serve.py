@@ -32,12 +32,22 @@ def add_serve_parser(subparsers, common: argparse.ArgumentParser) -> argparse.Ar
         help="run load_goal and execute_node locally under functions-framework (http dispatcher)",
         description=__doc__.split("\n\n")[1],
         parents=[common],
+        allow_abbrev=False,  # as every other command: `--js` is not `--json`
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, loopback)")
-    p.add_argument("--port", type=int, default=8080, help="load_goal's port; execute_node gets PORT+1 (default 8080)")
+    p.add_argument("--port", type=_port, default=8080, help="load_goal's port; execute_node gets PORT+1 (default 8080)")
     p.add_argument("--threads", type=int, default=64, help="request threads per function (default 64): one per running node")
     p.set_defaults(func=cmd_serve)
     return p
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65534):
+        raise argparse.ArgumentTypeError(f"wants a port from 1 to 65534 (execute_node takes PORT+1), got {text[:40]!r}")
+    return int(text)
+
+
+_port.__name__ = "PORT"  # argparse names the type in its messages
 
 
 def main_source() -> Path:
@@ -54,6 +64,18 @@ def _store_uri(args) -> str:
     if uri.startswith("file://"):
         return "file://" + os.path.abspath(os.path.expanduser(uri[len("file://"):] or "./.swarm"))
     return uri
+
+
+def check_free(host: str, ports: range) -> None:
+    """Refuse a port something already listens on: `wait_ready` would take that server for ours."""
+    for port in ports:
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is no obstacle
+                s.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve on {host} port {port}: {exc.strerror or exc}; choose another --port (serve takes PORT and PORT+1)") from None
 
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen, deadline: float) -> bool:
@@ -103,6 +125,7 @@ def wait_ready(host: str, port: int, proc: subprocess.Popen, timeout_s: float = 
 
 def start(host: str, port: int, env: dict, **popen) -> tuple[list[subprocess.Popen], dict[str, str]]:
     """Start both functions (load_goal on PORT, execute_node on PORT+1); returns processes and URLs."""
+    check_free(host, range(port, port + len(TARGETS)))
     urls = {t: _url(host, port + i) for i, t in enumerate(TARGETS)}
     procs = [spawn(t, host, port + i, env, **popen) for i, t in enumerate(TARGETS)]
     try:
@@ -162,20 +185,10 @@ def cmd_serve(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m swarm_core.serve` (what `swarm serve` runs)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store")
-    common.add_argument("--blueprint")
-    common.add_argument("--json", action="store_true")
-    common.add_argument("-v", "--verbose", action="store_true")
-    parser = argparse.ArgumentParser(prog="swarm")
-    add_serve_parser(parser.add_subparsers(), common)
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except ConfigError as exc:
-        print(f"swarm: error: {exc}", file=sys.stderr)
-        return 2
+    """`python -m swarm_core.serve ARGS`: `swarm serve ARGS`, with the same options and errors."""
+    from .cli import main as cli_main  # the CLI imports this module
+
+    return cli_main(["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

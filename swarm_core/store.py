@@ -176,7 +176,7 @@ def _load(path: str) -> type[Store]:
     module, _, name = path.partition(":") if ":" in path else path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:  # ValueError: `:Class`, no module
         hint = f" (pip install -e '.[{EXTRAS[module]}]' installs it)" if isinstance(exc, ImportError) and module in EXTRAS else ""
         raise StoreError(f"cannot load storage adapter {path!r}: {exc}{hint}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Store)):
@@ -198,7 +198,7 @@ def open_store(spec: str) -> Store:
     if not sep:
         if spec in BACKENDS:  # a short name: default location for that backend
             scheme, rest = spec, ""
-        elif "." in spec or ":" in spec:
+        elif ("." in spec or ":" in spec) and not spec.startswith((".", "/", "~")):  # `./.swarm` is a path, not an adapter
             path, _, arg = spec.partition("?")
             return _load(path)(arg)
         else:

@@ -28,6 +28,19 @@ def default_responder(subtasks=("first part", "second part"), mode="parallel", a
     return respond
 
 
+def asks_colour():
+    """Subtasks a and b; b asks the user "Which colour?" and, once answered, reports "did b in blue"."""
+
+    def respond(messages, schema_name, schema, key):
+        if schema_name == "write_text" and task_of(messages) == "b":
+            if "The user answered" in messages[-1]["content"]:
+                return {"report": "did b in blue", "question": None}
+            return {"report": "", "question": "Which colour?"}
+        return default_responder(subtasks=("a", "b"))(messages, schema_name, schema, key)
+
+    return respond
+
+
 NTH_PRIME = '''def nth_prime(n: int) -> int:
     """The n-th prime number, counting from nth_prime(1) == 2."""
     count, candidate = 0, 1

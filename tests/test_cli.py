@@ -12,7 +12,7 @@ import time
 
 import pytest
 from conftest import CLEAN_ENV, REPO, Reply
-from scripted import default_responder
+from scripted import asks_colour, default_responder
 from test_llm_http import http_responder
 
 from swarm_core.store import StoreError
@@ -76,6 +76,15 @@ def test_list_says_how_many_more_its_limit_left_out(tmp_path):
         assert "argument --limit: wants a number of at least 1" in swarm("list", "--limit", bad, "--store", store, check=2).stderr
 
 
+def test_list_skips_a_stray_object_in_the_index(tmp_path):
+    store = f"file://{tmp_path}"
+    sid = _demo_swarm(store)
+    (tmp_path / "index" / "junk").write_text("")  # a hand-made file or a tool's placeholder
+    listed = json.loads(swarm("list", "--json", "--store", store, check=0).stdout)
+    assert [s["swarm_id"] for s in listed["swarms"]] == [sid] and listed["more"] == 0
+    assert swarm("list", "--store", store, check=0).stdout.startswith(sid)
+
+
 def test_version_is_the_installed_package_version():
     import tomllib
 
@@ -111,6 +120,9 @@ def test_every_environment_variable_read_is_in_the_readme():
         (["run", "an unrecorded goal", "--budget", "max_nodes=0"], 2, "--budget max_nodes: Input should be greater"),
         (["run", DEMO_GOAL, "--blueprint", "/nonexistent"], 2, "blueprint not found"),
         (["list", "--store", "nosuch://x"], 2, "unknown storage scheme 'nosuch'"),
+        (["list", "--store", "./.swarm"], 2, "unknown storage './.swarm': use a URI like file://PATH"),
+        (["list", "--store", "~/x.d"], 2, "unknown storage '~/x.d': use a URI like file://PATH"),
+        (["list", "--store", ":Store"], 2, "cannot load storage adapter ':Store': Empty module name"),
         (["list", "--store", f"file://{REPO / 'README.md'}"], 2, "README.md is not a folder"),
         (["run", DEMO_GOAL, "--budget", "max_nodes=" + "9" * 5000], 2, "--budget wants NAME=N with N a whole number"),
     ],
@@ -119,6 +131,23 @@ def test_bad_usage_exits_2_with_one_clear_line(tmp_path, args, code, needle):
     proc = swarm(*args, *(["--store", f"file://{tmp_path}"] if "--store" not in args else []))
     assert proc.returncode == code
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_plain_path_as_the_store_says_to_write_a_uri():
+    proc = swarm("list", "--json", env={"SWARM_STORE": ".swarm"}, check=2)
+    assert json.loads(proc.stdout) == {"error": "unknown storage '.swarm': use a URI like file://PATH or memory://NAME", "exit_code": 2}
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("kind, needle", [("binary", "is not UTF-8 text"), ("folder", "cannot read blueprint {file}: Is a directory")])
+def test_an_unreadable_blueprint_is_one_line_naming_the_file(tmp_path, kind, needle):
+    file = tmp_path / "blueprint.toml"
+    if kind == "binary":
+        file.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe")  # `--blueprint /bin/ls`
+    else:
+        file.mkdir()  # `--blueprint DIR` reads DIR/blueprint.toml
+    proc = swarm("list", "--blueprint", str(file if kind == "binary" else tmp_path), "--store", f"file://{tmp_path}", check=2)
+    assert needle.format(file=file) in proc.stderr and str(file) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 @pytest.mark.parametrize("source", ["env", "file"])
@@ -291,12 +320,81 @@ def test_a_replay_that_fails_once_started_names_the_new_swarm(tmp_path, monkeypa
     assert len(new) == 1 and f"replay {new[0]} of {sid}: cannot read" in json.loads(capsys.readouterr().out)["error"]
 
 
+def test_brackets_in_a_goal_task_error_or_question_are_text_not_markup(stub, tmp_path):
+    text = "[/var/log] list[int]"  # rich would fail on the first ("closing tag with nothing to close"), eat the second
+    plan = http_responder(default_responder(subtasks=[f"ask {text}", f"refuse {text}"]))
+
+    def respond(req):
+        if req["response_format"]["json_schema"]["name"] == "write_text" and "Your task: refuse" in req["messages"][1]["content"]:
+            return Reply(refusal=text)
+        if req["response_format"]["json_schema"]["name"] == "write_text":
+            return Reply(content=json.dumps({"report": "", "question": f"which {text}?"}))
+        return plan(req)
+
+    stub.responder = respond
+    store = f"file://{tmp_path}"
+    run = swarm("run", f"sort {text}", "--store", store, env={"OPENAI_BASE_URL": stub.base_url}, check=3)
+    assert f"asks: which {text}?" in run.stderr
+    sid = json.loads(swarm("list", "--json", "--store", store, check=0).stdout)["swarms"][0]["swarm_id"]
+    status = swarm("status", sid, "--store", store, check=3).stdout
+    assert f"waiting_user  sort {text}" in status and f"asks: which {text}?" in status
+    tree = swarm("tree", sid, "--store", store, check=0).stdout
+    for shown in (f"sort {text}", f"write_text ask {text}", f"asks: which {text}?", f"the model refused: {text}"):
+        assert shown in tree, tree
+
+
 def test_failed_swarm_exits_1(stub, tmp_path):
     stub.responder = lambda req: Reply(content="not json")
     proc = swarm("run", "anything", "--json", "--store", f"file://{tmp_path}", env={"OPENAI_BASE_URL": stub.base_url})
     assert proc.returncode == 1
     out = json.loads(proc.stdout)
     assert out["status"] == "failed" and "break_down_goal: no valid answer after 3 attempts" in out["error"]
+
+
+def test_a_key_in_the_base_urls_query_is_stored_nowhere(tmp_path):
+    from procs import free_port
+
+    blueprint = tmp_path / "blueprint.toml"
+    blueprint.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\n[llm]\nmax_retries = 0\n')
+    url = f"http://127.0.0.1:{free_port()}/v1?api-key=SECRETQ"  # a closed port: the run fails naming the server
+    proc = swarm("run", "anything", "--json", "--blueprint", str(blueprint), "--store", f"file://{tmp_path}/s", env={"OPENAI_BASE_URL": url}, check=1)
+    assert "cannot reach the LLM server http://127.0.0.1:" in proc.stdout and "SECRETQ" not in proc.stdout + proc.stderr
+    assert not [p for p in (tmp_path / "s").rglob("*") if p.is_file() and b"SECRETQ" in p.read_bytes()]
+
+
+def _waiting_swarm(stub, store: str) -> str:
+    """A swarm run on the stub model until its node root.0.1 asks the user a question."""
+    stub.responder = http_responder(asks_colour())
+    return json.loads(swarm("run", "Write a and b", "--store", store, "--json", env={"OPENAI_BASE_URL": stub.base_url}, check=3).stdout)["swarm_id"]
+
+
+def test_answer_or_resume_without_the_swarms_model_is_refused_before_anything_is_stored(stub, tmp_path):
+    store = f"file://{tmp_path}"
+    sid = _waiting_swarm(stub, store)
+    def files():
+        return {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    before = files()
+    for args in (["answer", sid, "root.0.1", "blue"], ["resume", sid]):
+        proc = swarm(*args, "--store", store, "--json", check=2)  # no OPENAI_API_KEY / OPENAI_BASE_URL now
+        error = json.loads(proc.stdout)["error"]
+        assert error.startswith(f"no LLM configured: swarm {sid} was started on a live model and needs one. Set OPENAI_API_KEY"), error
+        assert proc.stderr == f"swarm: error: {error}\n"
+    assert files() == before  # the answer was not taken: it can still be given
+    done = swarm("answer", sid, "root.0.1", "blue", "--store", store, "--json", env={"OPENAI_BASE_URL": stub.base_url}, check=0)
+    assert json.loads(done.stdout)["status"] == "done"
+
+
+def test_an_answer_whose_branch_cannot_run_says_why_and_exits_1(stub, tmp_path):
+    store = f"file://{tmp_path / 'store'}"
+    sid = _waiting_swarm(stub, store)
+    blueprint = tmp_path / "azure.toml"  # a model configured (its endpoint) but no client can be made (no key)
+    blueprint.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\n[llm]\nprovider = "azure"\n')
+    env = {"AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9"}
+    proc = swarm("answer", sid, "root.0.1", "blue", "--blueprint", str(blueprint), "--store", store, "--json", env=env, check=1)
+    out = json.loads(proc.stdout)
+    assert out["status"] == "waiting_user" and out["error"].startswith("1 invocation(s) failed, first: "), out
+    assert out["error"].endswith(f"finish with `swarm resume {sid}`")
 
 
 def _fanned_out_run(stub, tmp_path, leaf_delay_s: float, runner: str = "threads"):

@@ -56,6 +56,7 @@ def test_fn_errors_exit_with_clear_codes(tmp_path):
         (["fn", "create", "anything"], 2, "no LLM configured"),
         (["fn", "run", "nope"], 2, "unknown function 'nope'"),
         (["fn", "run", "nope", "--args", "{bad"], 2, "--args is not JSON"),
+        (["fn", "run", "nope", "--args", "[" * 5000 + "]" * 5000], 2, "--args is nested too deeply"),
         (["fn", "show", "nope"], 2, "unknown function 'nope'"),
         (["actions", "rm", "write_text"], 2, "write_text is a built-in"),
         (["actions", "add", "x"], 2, "give --folder, or --spec"),
@@ -65,6 +66,25 @@ def test_fn_errors_exit_with_clear_codes(tmp_path):
         proc = swarm(*args, *store)
         assert proc.returncode == code and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
     assert json.loads(swarm("fn", "run", "nope", *store, "--json").stdout) == {"error": "unknown function 'nope'", "exit_code": 2}
+
+
+def test_actions_add_wants_a_json_object_in_the_spec_file(tmp_path):
+    for text in ('"a string"', "[]", "3"):
+        (tmp_path / "spec.json").write_text(text)
+        proc = swarm("actions", "add", "x", "--spec", str(tmp_path / "spec.json"), "--store", f"file://{tmp_path}", "--json", check=2)
+        assert json.loads(proc.stdout)["error"].startswith("--spec must hold a JSON object"), proc.stdout
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_corrupted_function_version_exits_1_on_every_command(tmp_path):
+    store = ["--store", f"file://{tmp_path}"]
+    (tmp_path / "inc.json").write_text(json.dumps({"description": "adds one", "type": "python", "entry": "inc", "input_schema": {"type": "object"}}))
+    (tmp_path / "inc.py").write_text("def inc(x):\n    return x + 1\n")
+    swarm("actions", "add", "inc", "--spec", str(tmp_path / "inc.json"), "--code", str(tmp_path / "inc.py"), *store, check=0)
+    (tmp_path / "actions" / "versions" / "inc" / "1.json").write_text('{"spec": ')
+    for args in (["fn", "run", "inc", "--args", '{"x": 1}'], ["fn", "show", "inc"], ["fn", "test", "inc"]):
+        proc = swarm(*args, *store, "--json")
+        assert proc.returncode == 1 and "corrupted actions/versions/inc/1.json" in json.loads(proc.stdout)["error"], (args, proc.stderr)
 
 
 def test_actions_add_move_rm_tree_validate(tmp_path):
@@ -82,7 +102,7 @@ def test_actions_add_move_rm_tree_validate(tmp_path):
         )
     )
     (tmp_path / "inc.py").write_text("def inc(x: int) -> int:\n    return x + 1\n")
-    swarm("actions", "add", "maths", "--folder", "--description", "Arithmetic", "--parent", "functions", *store, check=0)
+    swarm("actions", "add", "maths", "--folder", "--description", "Arithmetic on [/var/log] list[int]", "--parent", "functions", *store, check=0)
     added = json.loads(swarm("actions", "add", "inc", "--spec", str(tmp_path / "inc.json"), "--code", str(tmp_path / "inc.py"), "--parent", "maths", *store, "--json", check=0).stdout)
     assert added["added"]["handler"] == "swarm_core.actions:run_function"
     dup = swarm("actions", "add", "inc", "--spec", str(tmp_path / "inc.json"), "--code", str(tmp_path / "inc.py"), *store)
@@ -93,7 +113,8 @@ def test_actions_add_move_rm_tree_validate(tmp_path):
     software = next(n for n in tree if n["id"] == "software")
     functions = next(n for n in software["children"] if n["id"] == "functions")
     assert functions["children"][0]["id"] == "maths" and functions["children"][0]["children"][0]["id"] == "inc"
-    assert "inc python v1" in swarm("actions", "tree", *store, check=0).stdout
+    text = swarm("actions", "tree", *store, check=0).stdout
+    assert "inc python v1" in text and "maths/ Arithmetic on [/var/log] list[int]" in text  # text, not markup
     assert swarm("actions", "rm", "maths", *store).returncode == 2  # not empty
     swarm("actions", "move", "inc", "software", *store, check=0)
     swarm("actions", "rm", "maths", *store, check=0)

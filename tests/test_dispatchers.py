@@ -16,7 +16,7 @@ from test_llm_http import http_responder
 from test_serve import Functions, post, schema_counts, wait_status
 
 from swarm_core.config import ConfigError, load_blueprint
-from swarm_core.dispatchers import CloudTasksDispatcher, make_dispatcher
+from swarm_core.dispatchers import CloudTasksDispatcher, HttpDispatcher, make_dispatcher
 from swarm_core.models import NodeBlueprint
 
 PROJECT = "swarm-test"
@@ -130,6 +130,12 @@ def test_a_misconfigured_dispatcher_says_what_to_set(monkeypatch, env, needle):
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         make_dispatcher(load_blueprint())
+
+
+def test_a_refused_execute_node_url_is_shown_without_its_password():
+    with pytest.raises(ConfigError, match="got 'ftp://example.com/'") as err:
+        HttpDispatcher("ftp://user:hunter2@example.com/")
+    assert "hunter2" not in str(err.value)
 
 
 def test_creating_each_dispatcher_imports_no_sdk_until_it_sends():

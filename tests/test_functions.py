@@ -50,6 +50,7 @@ LOAD_GOAL_BAD = [
     (b'{"goal": "x"', 400, "malformed JSON"),
     (b"[1, 2]", 400, "expected a JSON object"),
     (b"\xff\xfe", 400, "malformed JSON"),
+    (b"[" * 50000 + b"]" * 50000, 400, "the JSON is nested too deeply"),
     ({}, 400, "missing field(s): goal"),
     ({"goal": "x", "extra": 1}, 400, "unknown field(s): extra"),
     ({"goal": 42}, 400, "goal must be a string"),
@@ -135,6 +136,21 @@ def test_a_500_names_an_incident_not_the_store(deployed):
         assert f"swarms/{broken}/swarm.json" in line and "corrupted record" in line  # the whole story, in the logs
     finally:
         shutil.rmtree(header.parent)
+
+
+def test_a_misconfigured_deployment_is_a_500_with_an_incident_and_no_credentials(monkeypatch, caplog, tmp_path):
+    from functions import handlers
+
+    monkeypatch.setenv("SWARM_STORE", f"file://{tmp_path}")
+    monkeypatch.setenv("SWARM_DISPATCHER", "http")
+    monkeypatch.setenv("SWARM_EXECUTE_NODE_URL", "ftp://user:hunter2@example.com/")
+    reply = handlers.load_goal("POST", b'{"goal": "x"}', {})
+    assert reply.status == 500 and reply.body["error"] == "misconfigured", reply.body
+    assert reply.body["detail"].startswith("misconfigured deployment, incident ") and "example.com" not in reply.body["detail"]
+    incident = reply.body["detail"].split("incident ")[1].split(":")[0]
+    line = next(r.getMessage() for r in caplog.records if f"incident {incident}" in r.getMessage())
+    assert "execute_node URL must be http(s)" in line and "'ftp://example.com/'" in line  # the whole story, in the logs
+    assert "hunter2" not in caplog.text
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"}])

@@ -105,9 +105,10 @@ def test_refusal_and_server_errors_are_reported(stub):
         session(stub).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
 
 
-def test_an_unreachable_server_is_named_without_its_credentials(monkeypatch):
+@pytest.mark.parametrize("url", ["http://user:hunter2@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?api-key=hunter2#hunter2"])
+def test_an_unreachable_server_is_named_without_its_credentials(monkeypatch, url):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    s = LLMSettings(base_url="http://user:hunter2@127.0.0.1:9/v1", model="m", max_retries=0, timeout_s=5)
+    s = LLMSettings(base_url=url, model="m", max_retries=0, timeout_s=5)
     with pytest.raises(LLMError, match=r"cannot reach the LLM server http://127.0.0.1:9/v1/?: ") as err:
         LLMSession(transport=OpenAITransport(s), settings=s, key_prefix="root/0").ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
     assert "hunter2" not in str(err.value)

@@ -330,6 +330,27 @@ def test_swarm_serve_refuses_a_memory_store(tmp_path):
     assert proc.returncode == 2 and "not memory://" in proc.stderr
 
 
+def test_swarm_serve_refuses_a_port_in_use_before_starting_anything(tmp_path):
+    port = free_port_pair()
+    with socket.create_server((HOST, port + 1)):  # another server on execute_node's port: it would answer for ours
+        proc = swarm_cli("serve", "--port", str(port), "--store", f"file://{tmp_path}", "--json", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    error = json.loads(proc.stdout)
+    assert error["exit_code"] == 2 and f"cannot serve on {HOST} port {port + 1}: Address already in use" in error["error"]
+    assert proc.stderr.strip() == f"swarm: error: {error['error']}"
+    assert _free(port)  # nothing was started on the free one
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--port", "65535"], "argument --port: wants a port from 1 to 65534 (execute_node takes PORT+1), got '65535'"),
+    (["--port", "0"], "argument --port: wants a port from 1 to 65534"),
+    (["--js"], "unrecognized arguments: --js"),  # no abbreviations, as in every other command
+])
+def test_swarm_serve_refuses_bad_arguments_before_starting_anything(args, needle):
+    proc = swarm_cli("serve", *args, "--store", "memory://x", timeout=60)  # memory://: serve refuses it, were an argument let through
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+
+
 def test_execute_node_answers_synchronously_without_prefer_and_redelivery_changes_nothing(stub, tmp_path):
     stub.responder = http_responder(default_responder(subtasks=("a", "b")))
     store_dir = tmp_path / "store"
@@ -355,16 +376,9 @@ def test_execute_node_answers_synchronously_without_prefer_and_redelivery_change
 
 
 def test_a_question_is_answered_through_execute_node_over_http(stub, tmp_path):
-    from scripted import task_of
+    from scripted import asks_colour
 
-    def script(messages, schema_name, schema, key):
-        if schema_name == "write_text" and task_of(messages) == "b":
-            if "The user answered" in messages[-1]["content"]:
-                return {"report": "did b in blue", "question": None}
-            return {"report": "", "question": "Which colour?"}
-        return default_responder(subtasks=("a", "b"))(messages, schema_name, schema, key)
-
-    stub.responder = http_responder(script)
+    stub.responder = http_responder(asks_colour())
     store = f"file://{tmp_path / 'store'}"
     with Functions(tmp_path, {"SWARM_STORE": store, "OPENAI_BASE_URL": stub.base_url}) as fns:
         status, body = post(fns.load_goal, {"goal": "Write a and b"})
