@@ -564,7 +564,7 @@ def cmd_snapshot(args) -> int:
 def cmd_list(args) -> int:
     engine = _engine(args)
     rows = []
-    ids = [sid for sid in engine.swarm_ids() if SWARM_ID.match(sid)]  # a stray object under index/ is no swarm
+    ids = [sid for sid in engine.swarm_ids() if SWARM_ID.fullmatch(sid)]  # a stray object under index/ is no swarm
     more = max(len(ids) - args.limit, 0)
     for sid in ids[: args.limit]:
         try:
@@ -789,6 +789,8 @@ def cmd_actions_add(args) -> int:
                 raise UsageError(f"--spec must hold a JSON object (ActionSpec fields), not {type(raw).__name__}")
             entry = ActionSpec.model_validate({**raw, "id": args.id, **fields, "name": fields.get("name") or raw.get("name") or args.id})
             added = space.add(entry, code=_read(args.code) if args.code else "")
+    except RecursionError:
+        raise UsageError("--spec is nested too deeply") from None
     except (ValueError, OSError) as exc:
         if isinstance(exc, SpaceError):
             raise

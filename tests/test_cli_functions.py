@@ -69,10 +69,11 @@ def test_fn_errors_exit_with_clear_codes(tmp_path):
 
 
 def test_actions_add_wants_a_json_object_in_the_spec_file(tmp_path):
-    for text in ('"a string"', "[]", "3"):
+    for text, says in (('"a string"', "--spec must hold a JSON object"), ("[]", "--spec must hold"), ("3", "--spec must hold"),
+                       ("[" * 50_000 + "]" * 50_000, "--spec is nested too deeply")):
         (tmp_path / "spec.json").write_text(text)
         proc = swarm("actions", "add", "x", "--spec", str(tmp_path / "spec.json"), "--store", f"file://{tmp_path}", "--json", check=2)
-        assert json.loads(proc.stdout)["error"].startswith("--spec must hold a JSON object"), proc.stdout
+        assert json.loads(proc.stdout)["error"].startswith(says), proc.stdout
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
