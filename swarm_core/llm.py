@@ -358,19 +358,33 @@ class OpenAITransport:
             raise LLMError(f"LLM server {self.server} answered HTTP {exc.status_code}: {_api_message(exc)}") from None
         except openai.APIConnectionError as exc:
             raise LLMError(f"cannot reach the LLM server {self.server}: {exc}") from None
-        if not resp.choices:
-            return Completion(None)
-        msg = resp.choices[0].message
-        text = msg.content
-        if mode == "tools" and msg.tool_calls:
-            text = msg.tool_calls[0].function.arguments
-        usage = resp.usage
-        return Completion(
-            text=text,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            refusal=getattr(msg, "refusal", None),
-        )
+        except (openai.APIResponseValidationError, ValueError) as exc:  # a body that is not JSON
+            raise LLMError(f"LLM server {self.server} gave an unreadable answer: {_error_summary(exc)}") from None
+        try:
+            return _answer(resp, mode)
+        except Exception as exc:  # noqa: BLE001 - the SDK builds answers unchecked: any field may be missing or odd
+            raise LLMError(f"LLM server {self.server} gave an unreadable answer: {exc}") from None
+
+
+def _answer(resp: Any, mode: str) -> Completion:
+    """The text and token counts of a chat completion; an error for whatever else a server sent."""
+    if isinstance(resp, str) or not isinstance(getattr(resp, "choices", None), list):  # an HTML page, `{"error": ...}`
+        raise TypeError(f"not a chat completion: {(resp if isinstance(resp, str) else resp.to_json(indent=None))[:200]}")
+    if not resp.choices:
+        return Completion(None)
+    msg = resp.choices[0].message
+    if msg is None:
+        raise ValueError("its choice has no message")
+    text = msg.content
+    if mode == "tools" and msg.tool_calls:
+        text = msg.tool_calls[0].function.arguments
+    usage = resp.usage
+    return Completion(
+        text=text,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        refusal=getattr(msg, "refusal", None),
+    )
 
 
 def _api_message(exc: Exception) -> str:

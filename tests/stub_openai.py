@@ -37,6 +37,8 @@ class Reply:
     prompt_tokens: int = 10
     completion_tokens: int = 5
     delay_s: float = 0
+    body: str | None = None  # sent as it is instead of a completion (a proxy's HTML page, a broken server)
+    finish_reason: str | None = None  # instead of "stop" / "tool_calls"
 
 
 def _tool_name(req: dict) -> str:
@@ -52,7 +54,7 @@ def _completion(req: dict, r: Reply) -> dict:
     if r.tool_args is not None:
         tool_calls = [{"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
                        "function": {"name": _tool_name(req), "arguments": r.tool_args}}]
-    finish = "tool_calls" if tool_calls else "stop"
+    finish = r.finish_reason or ("tool_calls" if tool_calls else "stop")
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
         "created": int(time.time()), "model": req.get("model") or MODEL,
@@ -99,13 +101,13 @@ class StubOpenAI:
             def log_message(self, *args):  # keep test output quiet
                 pass
 
-            def _send(self, status: int, body: dict, headers: dict | None = None):
-                data = json.dumps(body).encode()
+            def _send(self, status: int, body: dict | str, headers: dict | None = None):
+                data = (body if isinstance(body, str) else json.dumps(body)).encode()
+                headers = {"Content-Type": "application/json", **(headers or {})}
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Connection", "close")  # no keep-alive: stop() really stops serving
-                for k, v in (headers or {}).items():
+                for k, v in headers.items():
                     self.send_header(k, str(v))
                 try:
                     self.end_headers()
@@ -134,7 +136,7 @@ class StubOpenAI:
                 r = stub._next(req, self.headers.get("Authorization"))
                 if r.delay_s:
                     time.sleep(r.delay_s)
-                body = _completion(req, r) if r.status == 200 else _error(r)
+                body = r.body if r.body is not None else _completion(req, r) if r.status == 200 else _error(r)
                 self._send(r.status, body, r.headers)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -105,6 +105,38 @@ def test_refusal_and_server_errors_are_reported(stub):
         session(stub).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
 
 
+UNREADABLE = [
+    (Reply(body="<html>Bad gateway</html>", headers={"Content-Type": "text/html"}), "not a chat completion: <html>Bad gateway</html>"),
+    (Reply(body="<html>oops</html>"), "not valid JSON"),  # labelled JSON
+    (Reply(body='{"error": {"message": "overloaded"}}'), 'not a chat completion: {"error":{"message":"overloaded"}}'),
+    (Reply(body='{"id": "x", "choices": [{"index": 0, "finish_reason": "stop", "message": null}]}'), "its choice has no message"),
+]
+
+
+@pytest.mark.parametrize(("reply", "problem"), UNREADABLE, ids=["html", "not-json", "error-object", "null-message"])
+def test_an_answer_the_sdk_cannot_read_is_a_recorded_llm_error(stub, reply, problem):
+    stub.queue(reply)
+    s = session(stub)
+    with pytest.raises(LLMError, match=f"LLM server {stub.base_url}/? gave an unreadable answer: ") as err:
+        s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+    assert problem in str(err.value) and len(stub.requests) == 1  # not retried, not re-asked
+    assert [(c.response, c.error) for c in s.calls] == [(None, str(err.value))] and s.usage.llm_calls == 1
+
+
+def test_a_swarm_failed_by_an_unreadable_answer_replays_to_the_same_error(stub, monkeypatch):
+    stub.responder = lambda req: Reply(body="<html>Welcome to nginx</html>", headers={"Content-Type": "text/html"})
+    monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
+    bp = load_blueprint()
+    bp.stores.state = "memory://http-unreadable"
+    engine = Engine(bp)
+    sid = run_goal(engine, "Write a thing")
+    st = engine.status(sid)
+    assert st["status"] == "failed" and "gave an unreadable answer: not a chat completion" in st["error"]
+    assert st["usage"]["llm_calls"] == 1
+    replay = Engine(bp, transport=engine.replay_transport(sid))
+    assert replay.status(run_goal(replay, "Write a thing"))["error"] == st["error"]
+
+
 @pytest.mark.parametrize("url", ["http://user:hunter2@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?api-key=hunter2#hunter2"])
 def test_an_unreachable_server_is_named_without_its_credentials(monkeypatch, url):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
