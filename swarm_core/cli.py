@@ -99,7 +99,9 @@ def _main(argv: list[str] | None) -> int:
         args = parser.parse_args(argv)
     except UsageError as exc:
         return _fail(argparse.Namespace(json=json_asked), str(exc), 2)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    # -v: the swarm's own lines only; httpx's INFO lines carry the request URL, credentials and all
+    logging.getLogger("swarm").setLevel(logging.INFO if args.verbose else logging.WARNING)
     if not getattr(args, "func", None):
         return _help(parser, args)
     try:

@@ -397,6 +397,14 @@ def test_an_answer_whose_branch_cannot_run_says_why_and_exits_1(stub, tmp_path):
     assert out["error"].endswith(f"finish with `swarm resume {sid}`")
 
 
+def test_verbose_logs_the_swarm_and_not_the_http_requests(stub, tmp_path):
+    stub.responder = http_responder(default_responder(subtasks=("a",)))
+    url = stub.base_url.replace("http://", "http://user:hunter2@")
+    proc = swarm("-v", "run", "Write a thing", "--store", f"file://{tmp_path}", env={"OPENAI_BASE_URL": url}, check=0)
+    assert '"action": "break_down_goal"' in proc.stderr  # the node lines -v is for
+    assert "hunter2" not in proc.stderr and "HTTP Request" not in proc.stderr
+
+
 def _fanned_out_run(stub, tmp_path, leaf_delay_s: float, runner: str = "threads"):
     """`swarm run --json` of six slow leaves in a subprocess, on `runner`; returns once all six are running."""
     slow = http_responder(default_responder(subtasks=[f"part {i}" for i in range(6)]))
