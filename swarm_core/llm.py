@@ -8,9 +8,12 @@ most `max_repairs` times, and keeps every request/response for history and repla
 
 from __future__ import annotations
 
+import email.utils
+import itertools
 import json
 import math
 import os
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -283,8 +286,9 @@ _CLIENTS: dict[tuple, Any] = {}
 
 
 class OpenAITransport:
-    """Chat Completions through the official SDK; the SDK retries 408/409/429/5xx and
-    timeouts with exponential backoff (`max_retries`), honouring `retry-after`."""
+    """Chat Completions through the official SDK. A 429, a 5xx, a timeout or a lost connection
+    is retried `max_retries` times with exponential backoff, honouring `retry-after`; no other
+    answer is (the SDK's own retries, off here, also retry 408, 409 and any `x-should-retry`)."""
 
     def __init__(self, settings: LLMSettings):
         self.settings = settings
@@ -295,14 +299,14 @@ class OpenAITransport:
             self._connect = {
                 "azure_endpoint": s.base_url or os.environ.get("AZURE_OPENAI_ENDPOINT"),
                 "api_version": os.environ.get("OPENAI_API_VERSION", s.azure_api_version),
-                "max_retries": s.max_retries,
+                "max_retries": 0,  # retried in `_create`
                 "timeout": s.timeout_s,
             }
         else:
             base_url = os.environ.get("OPENAI_BASE_URL") or s.base_url
             # Local OpenAI-compatible servers need no key, but the SDK insists on one.
             api_key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
-            self._connect = {"base_url": base_url, "api_key": api_key, "max_retries": s.max_retries, "timeout": s.timeout_s}
+            self._connect = {"base_url": base_url, "api_key": api_key, "max_retries": 0, "timeout": s.timeout_s}
         env = os.environ.get("AZURE_OPENAI_API_KEY") if s.provider == "azure" else None  # the Azure SDK reads it itself
         self._key = (s.provider, hash((tuple(sorted(self._connect.items())), env)))
         if self._key not in _CLIENTS:
@@ -349,21 +353,60 @@ class OpenAITransport:
         if mode in ("json_object_schema", "prompt"):
             messages = [_schema_hint(schema)] + messages
         try:
-            # On the greenlet runner the call is awaited on the loop: a pending call holds no thread.
-            resp = cooperative.awaiting(
-                lambda: self._create_async(messages=messages, **kwargs),
-                lambda: self.client.chat.completions.create(messages=messages, **kwargs),
-            )
-        except openai.APIStatusError as exc:
-            raise LLMError(f"LLM server {self.server} answered HTTP {exc.status_code}: {_api_message(exc)}") from None
-        except openai.APIConnectionError as exc:
-            raise LLMError(f"cannot reach the LLM server {self.server}: {exc}") from None
+            resp = self._create(messages=messages, **kwargs)
         except (openai.APIResponseValidationError, ValueError) as exc:  # a body that is not JSON
             raise LLMError(f"LLM server {self.server} gave an unreadable answer: {_error_summary(exc)}") from None
         try:
             return _answer(resp, mode)
         except Exception as exc:  # noqa: BLE001 - the SDK builds answers unchecked: any field may be missing or odd
             raise LLMError(f"LLM server {self.server} gave an unreadable answer: {exc}") from None
+
+    def _create(self, **request):
+        """The request, retried on a 429, a 5xx, a timeout or a lost connection."""
+        import openai
+
+        for retry in itertools.count():
+            try:
+                # On the greenlet runner the call is awaited on the loop: a pending call holds no thread.
+                return cooperative.awaiting(
+                    lambda: self._create_async(**request), lambda: self.client.chat.completions.create(**request)
+                )
+            except openai.APIStatusError as exc:
+                if retry == self.settings.max_retries or (exc.status_code != 429 and exc.status_code < 500):
+                    raise LLMError(f"LLM server {self.server} answered HTTP {exc.status_code}: {_api_message(exc)}") from None
+                wait = _retry_wait(retry, exc.response.headers)
+            except openai.APIConnectionError as exc:  # a timeout too
+                if retry == self.settings.max_retries:
+                    raise LLMError(f"cannot reach the LLM server {self.server}: {exc}") from None
+                wait = _retry_wait(retry, {})
+            cooperative.sleep(wait)  # on the greenlet runner: an asyncio.sleep, no thread waits
+
+
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 8.0  # the backoff: 0.5, 1, 2, 4, 8, 8 ... seconds, less up to a quarter (jitter)
+_RETRY_AFTER_MAX_S = 60.0  # a server's retry-after is followed up to this
+
+
+def _retry_wait(retry: int, headers) -> float:
+    """Seconds before retry number `retry` (from 0): what the server's `retry-after-ms` or
+    `retry-after` says, when it says it, else exponential backoff with jitter."""
+    after = _retry_after(headers)
+    if after is not None and math.isfinite(after):
+        return min(max(after, 0.0), _RETRY_AFTER_MAX_S)
+    return min(_RETRY_FIRST_S * 2**retry, _RETRY_MAX_S) * (1 - 0.25 * random.random())
+
+
+def _retry_after(headers) -> float | None:
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" not in headers:
+            return None
+        try:
+            return float(headers["retry-after"])
+        except ValueError:  # an HTTP date
+            return email.utils.parsedate_to_datetime(headers["retry-after"]).timestamp() - time.time()
+    except (TypeError, ValueError):  # a header we cannot read is no header
+        return None
 
 
 def _answer(resp: Any, mode: str) -> Completion:

@@ -64,10 +64,10 @@ def test_a_wide_fan_out_holds_no_thread_per_pending_call_and_resumes_the_parent_
     dispatcher.close()
 
 
-def _greenlet_engine(stub, concurrency: int = 16) -> Engine:
+def _greenlet_engine(stub, concurrency: int = 16, max_retries: int = 0) -> Engine:
     bp = load_blueprint()
     bp.stores.state = f"memory://{uuid.uuid4().hex}"
-    bp.llm = bp.llm.model_copy(update={"base_url": stub.base_url, "model": "stub-model", "max_retries": 0})
+    bp.llm = bp.llm.model_copy(update={"base_url": stub.base_url, "model": "stub-model", "max_retries": max_retries})
     return Engine(bp, transport=OpenAITransport(bp.llm), dispatcher=CooperativeDispatcher(concurrency))
 
 
@@ -96,6 +96,27 @@ def test_an_http_error_on_the_loop_fails_the_node_naming_the_server(stub):
     sid = run_goal(engine)
     status = engine.status(sid)
     assert status["status"] == "failed" and f"LLM server {stub.base_url}" in status["error"] and "HTTP 401" in status["error"]
+    engine.dispatcher.close()
+
+
+def test_the_retry_waits_on_the_loop_hold_no_node_back(stub):
+    leaves, seen = 6, set()
+    script = http_responder(default_responder(subtasks=[f"part {i}" for i in range(leaves)]))
+
+    def respond(req):
+        first = json.dumps(req["messages"]) not in seen
+        seen.add(json.dumps(req["messages"]))
+        if schema_name_of(req)[0] == "write_text" and first:
+            return Reply(status=429, headers={"retry-after": "1.5"})
+        return script(req)
+
+    stub.responder = respond
+    engine = _greenlet_engine(stub, max_retries=1)
+    started = time.monotonic()
+    sid = run_goal(engine)
+    assert engine.status(sid)["status"] == "done" and len(stub.requests) == 2 * leaves + 2
+    assert time.monotonic() - started < leaves * 1.5 / 2  # the leaves waited out their 1.5 s together, not in turn
+    assert not engine.dispatcher._pool._threads
     engine.dispatcher.close()
 
 

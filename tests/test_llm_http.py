@@ -8,6 +8,7 @@ import pytest
 from conftest import Reply, run_goal
 from scripted import default_responder
 
+from swarm_core import cooperative
 from swarm_core.config import load_blueprint
 from swarm_core.engine import Engine
 from swarm_core.llm import LLMError, LLMSession, LLMSettings, OpenAITransport
@@ -21,7 +22,7 @@ SCHEMA = {
 
 
 def session(stub, **settings) -> LLMSession:
-    s = LLMSettings(base_url=stub.base_url, model="stub-model", max_retries=2, **settings)
+    s = LLMSettings(**{"base_url": stub.base_url, "model": "stub-model", "max_retries": 2, **settings})
     return LLMSession(transport=OpenAITransport(s), settings=s, key_prefix="root/0")
 
 
@@ -62,11 +63,35 @@ def test_bounds_left_out_of_the_request_are_still_enforced(stub):
     assert "greater than or equal to 0" in s.calls[0].error
 
 
-def test_429_then_success_is_retried_by_the_sdk(stub):
+def test_429_then_success_is_retried(stub):
     stub.queue(Reply(status=429, headers={"retry-after-ms": "1"}), Reply(content='{"answer": "ok", "n": 1}'))
     s = session(stub)
     assert s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)["answer"] == "ok"
     assert len(stub.requests) == 2 and s.usage.llm_calls == 1 and s.usage.prompt_tokens == 10
+
+
+@pytest.mark.parametrize(("status", "requests"), [(429, 3), (500, 3), (503, 3), (400, 1), (401, 1), (404, 1), (408, 1), (409, 1), (422, 1)])
+def test_only_429_and_5xx_are_retried_whatever_the_server_says(stub, status, requests):
+    stub.queue(*[Reply(status=status, headers={"retry-after-ms": "1", "x-should-retry": "true"})] * 3)
+    with pytest.raises(LLMError, match=f"answered HTTP {status}"):
+        session(stub).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+    assert len(stub.requests) == requests  # the first request and max_retries=2 retries, or the first only
+
+
+def test_a_timeout_is_retried(stub):
+    stub.queue(Reply(content='{"answer": "late", "n": 1}', delay_s=3), Reply(content='{"answer": "ok", "n": 1}'))
+    assert session(stub, timeout_s=0.5).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)["answer"] == "ok"
+    assert len(stub.requests) == 2
+
+
+def test_retries_wait_as_the_server_says_within_a_minute_else_back_off_with_jitter(stub, monkeypatch):
+    waits = []
+    monkeypatch.setattr(cooperative, "sleep", waits.append)
+    stub.queue(Reply(status=429, headers={"retry-after": "120"}), Reply(status=503, headers={"retry-after-ms": "1500"}),
+               Reply(status=502), Reply(status=500), Reply(content='{"answer": "ok", "n": 1}'))
+    assert session(stub, max_retries=4).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)["answer"] == "ok"
+    assert waits[:2] == [60, 1.5]
+    assert 0.375 <= waits[2] / 4 <= 0.5 and 0.375 <= waits[3] / 8 <= 0.5  # 2 s and 4 s, less up to a quarter
 
 
 def test_invalid_json_is_repaired_with_the_error(stub):
