@@ -43,7 +43,7 @@ class LLMSettings(BaseModel):
     provider: Literal["openai", "azure"] = "openai"
     base_url: str | None = None
     temperature: float = 0.2
-    max_tokens: int = Field(1024, ge=16)
+    max_tokens: int = Field(4096, ge=16)
     max_retries: int = Field(4, ge=0)
     timeout_s: float = Field(120, gt=0)
     max_repairs: int = Field(2, ge=0)
@@ -56,6 +56,7 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     refusal: str | None = None
+    cut: bool = False  # stopped at max_tokens (finish_reason "length")
 
 
 class Transport(Protocol):
@@ -234,6 +235,10 @@ class LLMSession:
             except LLMError as exc:
                 self._record(seq, schema_name, convo, None, str(exc), started, Completion(None))
                 raise
+            if comp.cut:  # asked again with the same limit, it would be cut again: paid for nothing
+                error = f"{schema_name}: answer cut at max_tokens={self.settings.max_tokens} (raise [llm] max_tokens)"
+                self._record(seq, schema_name, convo, None, error, started, comp)  # no response: replay fails it too
+                raise LLMError(error)
             # "" for no text: a call recorded without a response is one the server failed (replay)
             self._record(seq, schema_name, convo, comp.text if comp.text is not None else "", None, started, comp)
             try:
@@ -427,6 +432,7 @@ def _answer(resp: Any, mode: str) -> Completion:
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
         refusal=getattr(msg, "refusal", None),
+        cut=resp.choices[0].finish_reason == "length",
     )
 
 

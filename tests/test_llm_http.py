@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import Reply, run_goal
+from conftest import REPO, Reply, run_goal
 from scripted import default_responder
 
 from swarm_core import cooperative
 from swarm_core.config import load_blueprint
 from swarm_core.engine import Engine
-from swarm_core.llm import LLMError, LLMSession, LLMSettings, OpenAITransport
+from swarm_core.llm import (
+    LLMError,
+    LLMSession,
+    LLMSettings,
+    OpenAITransport,
+    RecordedTransport,
+)
 
 SCHEMA = {
     "type": "object",
@@ -160,6 +166,34 @@ def test_a_swarm_failed_by_an_unreadable_answer_replays_to_the_same_error(stub, 
     assert st["usage"]["llm_calls"] == 1
     replay = Engine(bp, transport=engine.replay_transport(sid))
     assert replay.status(run_goal(replay, "Write a thing"))["error"] == st["error"]
+
+
+def test_an_answer_cut_at_max_tokens_fails_at_once_and_replays_so(stub):
+    stub.queue(Reply(content='{"answer": "word word', finish_reason="length", completion_tokens=64))
+    s = session(stub, max_tokens=64)
+    cut = r"probe: answer cut at max_tokens=64 \(raise \[llm\] max_tokens\)"
+    with pytest.raises(LLMError, match=cut):
+        s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+    assert len(stub.requests) == 1 and s.usage.completion_tokens == 64  # not re-asked with the same limit
+    assert s.calls[0].response is None and s.calls[0].completion_tokens == 64
+    replay = LLMSession(transport=RecordedTransport({"root/0/0": {"error": s.calls[0].error}}, "test"), settings=s.settings, key_prefix="root/0")
+    with pytest.raises(LLMError, match=cut):  # what replay_transport makes of the recorded call
+        replay.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+
+
+def _longest(schema: dict) -> int:
+    """The most characters an answer to `schema` may hold in its strings."""
+    if schema.get("type") == "object" or "properties" in schema:
+        return sum(_longest(sub) for sub in schema.get("properties", {}).values())
+    if "items" in schema:
+        return schema.get("maxItems", 1) * _longest(schema["items"])
+    return schema.get("maxLength", 0)
+
+
+def test_the_default_max_tokens_holds_the_longest_answer_a_built_in_action_allows():
+    schemas = [json.loads(p.read_text()) for p in (REPO / "blueprints/default/actions").glob("*/output.schema.json")]
+    longest = max(map(_longest, schemas))
+    assert longest >= 12000 and longest / 4 <= load_blueprint().llm.max_tokens == LLMSettings().max_tokens  # ~4 characters a token
 
 
 @pytest.mark.parametrize("url", ["http://user:hunter2@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?api-key=hunter2#hunter2"])
