@@ -492,11 +492,9 @@ class Engine:
     def functions(self, key_prefix: str = "cli/0") -> Functions:
         """The factory and executor outside any swarm (`swarm fn`, scripts), on the engine's LLM.
         Without a configured model, python functions still run; the factory and llm actions refuse."""
-        import openai
-
         try:
-            transport = self._transport or OpenAITransport(self.blueprint.llm)
-        except openai.OpenAIError:  # no key and no server configured
+            transport = self._transport or OpenAITransport(self.blueprint.llm).connected()
+        except LLMError:  # no key and no server configured
             return Functions(self.actions, None, self.blueprint)
         return Functions(self.actions, LLMSession(transport=transport, settings=self.blueprint.llm, key_prefix=key_prefix), self.blueprint)
 

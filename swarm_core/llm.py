@@ -288,6 +288,7 @@ class LLMSession:
 # --- transports -----------------------------------------------------------------
 
 _CLIENTS: dict[tuple, Any] = {}
+AZURE_CREDENTIALS = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN")  # what the Azure SDK reads: one of them is needed
 
 
 class OpenAITransport:
@@ -312,18 +313,33 @@ class OpenAITransport:
             # Local OpenAI-compatible servers need no key, but the SDK insists on one.
             api_key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
             self._connect = {"base_url": base_url, "api_key": api_key, "max_retries": 0, "timeout": s.timeout_s}
-        env = os.environ.get("AZURE_OPENAI_API_KEY") if s.provider == "azure" else None  # the Azure SDK reads it itself
+        env = tuple(map(os.environ.get, AZURE_CREDENTIALS)) if s.provider == "azure" else None  # the Azure SDK reads them itself
         self._key = (s.provider, hash((tuple(sorted(self._connect.items())), env)))
+
+    @property
+    def client(self):
+        """The blocking client, made at the first call: settings the SDK refuses (no key) fail
+        that call, and so its node, rather than whatever built the transport."""
         if self._key not in _CLIENTS:
             _CLIENTS[self._key] = self._make(asynchronous=False)
-        self.client = _CLIENTS[self._key]
+        return _CLIENTS[self._key]
+
+    def connected(self) -> OpenAITransport:
+        """This transport, its client made now: an LLMError here if the settings cannot make one."""
+        _ = self.client
+        return self
 
     def _make(self, asynchronous: bool):
         import openai
 
         if self.settings.provider == "azure":
-            return (openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI)(**self._connect)
-        return (openai.AsyncOpenAI if asynchronous else openai.OpenAI)(**self._connect)
+            make = openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
+        else:
+            make = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+        try:
+            return make(**self._connect)
+        except openai.OpenAIError as exc:  # no key, no endpoint
+            raise LLMError(f"cannot set up the LLM client: {exc}") from None
 
     def _create_async(self, **request):
         """The request on the greenlet runner's loop, through that loop's own async client

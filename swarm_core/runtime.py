@@ -11,12 +11,14 @@ from .dispatch import Dispatcher
 from .dispatchers import make_dispatcher
 from .actions import ActionError
 from .engine import Engine
+from .llm import AZURE_CREDENTIALS
 from .store import StoreError
 
 
 def llm_configured(blueprint: SwarmBlueprint) -> bool:
-    if blueprint.llm.provider == "azure":
-        return bool(os.environ.get("AZURE_OPENAI_ENDPOINT") or blueprint.llm.base_url)
+    if blueprint.llm.provider == "azure":  # OPENAI_API_KEY is no Azure key: the SDK would refuse to start
+        endpoint = os.environ.get("AZURE_OPENAI_ENDPOINT") or blueprint.llm.base_url
+        return bool(endpoint and any(map(os.environ.get, AZURE_CREDENTIALS)))
     return bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL") or blueprint.llm.base_url)
 
 
@@ -42,8 +44,8 @@ def llm_source_for(goal: str, blueprint: SwarmBlueprint) -> str:
     hint = f' Without one, only the recorded demo goal runs offline: swarm run "{demo}"' if demo else ""
     raise ConfigError(
         "no LLM configured: set OPENAI_API_KEY (OpenAI), or OPENAI_BASE_URL for any "
-        "OpenAI-compatible server (Ollama, vLLM, llama.cpp), or AZURE_OPENAI_ENDPOINT with "
-        f"llm.provider = \"azure\".{hint}"
+        "OpenAI-compatible server (Ollama, vLLM, llama.cpp), or AZURE_OPENAI_ENDPOINT and "
+        f"AZURE_OPENAI_API_KEY with llm.provider = \"azure\".{hint}"
     )
 
 

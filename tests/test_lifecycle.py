@@ -1075,6 +1075,30 @@ def test_a_replay_answers_the_questions_and_meets_the_errors_of_its_recording():
     assert "HTTP 503: overloaded" in replay.node(rid, "root.0.1")[0].error
 
 
+def test_azure_without_its_key_is_not_configured_and_fails_the_node_not_the_swarm(monkeypatch):
+    import uuid
+
+    from swarm_core.config import load_blueprint
+    from swarm_core.engine import Engine
+    from swarm_core.runtime import llm_configured
+
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-azure")  # the Azure SDK does not read it
+    bp = load_blueprint()
+    bp.stores.state = f"memory://{uuid.uuid4().hex}"
+    bp.llm = bp.llm.model_copy(update={"provider": "azure", "max_retries": 0})
+    assert not llm_configured(bp)
+    for name in ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN"):
+        monkeypatch.setenv(name, "k")
+        assert llm_configured(bp)
+        monkeypatch.delenv(name)
+    engine = Engine(bp)  # as `swarm serve` or a script would, asking nothing of llm_configured
+    sid = run_goal(engine)
+    st = engine.status(sid)
+    assert st["status"] == "failed" and st["error"].startswith("cannot set up the LLM client: Missing credentials")
+    assert engine.functions().llm is None  # python functions still run; the factory refuses
+
+
 @pytest.mark.parametrize("then", ["redelivered", "given up", "re-planned over budget"])
 def test_a_settle_write_that_fails_takes_its_spawn_back(then):
     # The root counted its spawn of 2, then its final record write failed: the claim is handed
