@@ -541,6 +541,7 @@ class Engine:
                 if call.response is not None:
                     answers[f"{event.node_id}/{event.round}/{call.seq}"] = {
                         "text": call.response, "prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
+                        **({"refusal": call.refusal} if call.refusal else {}),
                     }
                 elif call.error:  # the server failed: so does the replay, with the same error
                     answers[f"{event.node_id}/{event.round}/{call.seq}"] = {"error": call.error}

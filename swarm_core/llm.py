@@ -272,6 +272,7 @@ class LLMSession:
                 messages=convo,
                 response=text,
                 error=error,
+                refusal=comp.refusal,
                 prompt_tokens=comp.prompt_tokens,
                 completion_tokens=comp.completion_tokens,
                 seconds=seconds,
@@ -523,7 +524,7 @@ def _is_strict(schema: dict) -> bool:
 class RecordedTransport:
     """Answers from a recording: `{"<node_id>/<round>/<seq>": answer}`. No network. An answer is
     its text, or `{"text", "prompt_tokens", "completion_tokens"}` when the recording kept the
-    usage (a swarm's own history does).
+    usage (a swarm's own history does), with `"refusal"` when the model refused.
 
     The recording also decides the budgets, so that a replay gives the same tree whatever order
     its nodes run in: a recorded call is made, and `stops` (`{"<node_id>/<round>": error}`, the
@@ -546,7 +547,9 @@ class RecordedTransport:
         if isinstance(answer, dict) and "error" in answer:
             raise LLMError(answer["error"])
         if isinstance(answer, dict):
-            return Completion(answer["text"], prompt_tokens=answer.get("prompt_tokens", 0), completion_tokens=answer.get("completion_tokens", 0))
+            return Completion(
+                answer["text"], answer.get("prompt_tokens", 0), answer.get("completion_tokens", 0), refusal=answer.get("refusal")
+            )
         return Completion(answer, prompt_tokens=0, completion_tokens=0)
 
 

@@ -238,6 +238,7 @@ class LLMCall(Model):
     messages: list[dict[str, Any]]
     response: str | None
     error: str | None = None
+    refusal: str | None = None  # the model's refusal instead of an answer (replay gives it back)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0

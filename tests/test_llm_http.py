@@ -196,6 +196,24 @@ def test_the_default_max_tokens_holds_the_longest_answer_a_built_in_action_allow
     assert longest >= 12000 and longest / 4 <= load_blueprint().llm.max_tokens == LLMSettings().max_tokens  # ~4 characters a token
 
 
+def test_a_refusal_is_recorded_and_replayed_as_a_refusal(stub, monkeypatch):
+    script = http_responder(default_responder(subtasks=("a", "b")))
+    refused = "Your task: b"
+    stub.responder = lambda req: Reply(refusal="I can't help with that") if refused in req["messages"][-1]["content"] else script(req)
+    monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
+    bp = load_blueprint()
+    bp.stores.state = "memory://http-refusal"
+    bp.llm = bp.llm.model_copy(update={"max_repairs": 0})
+    engine = Engine(bp)
+    sid = run_goal(engine, "Write two things")
+    leaf = next(n for n in engine.nodes(sid) if n.status == "failed")
+    assert leaf.error.endswith("last problem: the model refused: I can't help with that")
+    replay = Engine(bp, transport=engine.replay_transport(sid))
+    rid = run_goal(replay, "Write two things")
+    assert replay.node(rid, leaf.node_id)[0].error == leaf.error
+    assert len(stub.requests) == 4  # the replay asked nothing
+
+
 @pytest.mark.parametrize("url", ["http://user:hunter2@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?api-key=hunter2#hunter2"])
 def test_an_unreachable_server_is_named_without_its_credentials(monkeypatch, url):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
