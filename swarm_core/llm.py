@@ -373,7 +373,7 @@ class OpenAITransport:
             kwargs["tools"] = [{"type": "function", "function": {"name": schema_name, "parameters": schema}}]
             kwargs["tool_choice"] = {"type": "function", "function": {"name": schema_name}}
         if mode in ("json_object_schema", "prompt"):
-            messages = [_schema_hint(schema)] + messages
+            messages = _with_schema_hint(messages, schema)
         try:
             resp = self._create(messages=messages, **kwargs)
         except (openai.APIResponseValidationError, ValueError) as exc:  # a body that is not JSON
@@ -462,12 +462,13 @@ def _api_message(exc: Exception) -> str:
     return str(getattr(exc, "message", exc))[:300]
 
 
-def _schema_hint(schema: dict) -> dict:
-    return {
-        "role": "system",
-        "content": "Answer with only one JSON object that matches this JSON Schema, no prose:\n"
-        + json.dumps(schema),
-    }
+def _with_schema_hint(messages: list[dict], schema: dict) -> list[dict]:
+    """The schema, in the first system message: llama.cpp's chat formats (chatml, qwen, llama-2)
+    keep only one system message, so a second would drop the swarm's own."""
+    hint = "Answer with only one JSON object that matches this JSON Schema, no prose:\n" + json.dumps(schema)
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{hint}"}, *messages[1:]]
+    return [{"role": "system", "content": hint}, *messages]
 
 
 _BOUNDS = {"minLength", "maxLength", "minItems", "maxItems", "minimum", "maximum", "pattern", "format", "default"}

@@ -254,6 +254,16 @@ def test_every_structured_output_mode_builds_its_request_and_validates(stub, mod
         assert json.dumps(SCHEMA) in req["messages"][0]["content"]
 
 
+@pytest.mark.parametrize("mode", ["json_object_schema", "prompt"])
+def test_the_schema_joins_the_system_prompt_in_one_system_message(stub, mode):
+    """llama.cpp's chat formats keep only the first system message."""
+    stub.queue(Reply(content='{"answer": "t", "n": 2}'))
+    session(stub, mode=mode).ask([{"role": "system", "content": "You are one agent."}, {"role": "user", "content": "hi"}], "probe", SCHEMA)
+    system, user = stub.requests[0]["messages"]
+    assert system["role"] == "system" and system["content"].startswith("You are one agent.\n\nAnswer with only one JSON object")
+    assert system["content"].endswith(json.dumps(SCHEMA)) and user == {"role": "user", "content": "hi"}
+
+
 def test_a_whole_swarm_over_http_records_usage_and_history(stub, monkeypatch):
     stub.responder = http_responder(default_responder(subtasks=("a", "b")))
     monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
