@@ -404,6 +404,8 @@ def _plan(ctx: NodeContext, feedback: str = "") -> Outcome:
     )
     if out.get("question") and not ctx.answer:
         return AskUser(question=out["question"])
+    if not out["subtasks"]:  # the schema lets a plan that asks the user have none
+        return Fail(error="empty plan: the planner gave no subtasks")
     children = []
     for i, sub in enumerate(out["subtasks"]):
         action = sub.get("action") if sub.get("action") in allowed else ROUTER

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 from conftest import make_engine, run_goal
-from scripted import default_responder, task_of
+from scripted import default_responder, scripted, task_of
 
 from swarm_core import cooperative
 from swarm_core.engine import CorruptRecord, NotWaiting, SwarmError
@@ -424,6 +424,22 @@ def test_ask_user_waits_on_its_branch_while_the_rest_goes_on():
     engine.dispatcher.wait(30)
     assert engine.status(sid)["status"] == "done"
     assert "did b in blue" in [r.report for r in engine.read_join(sid, "root", 0)]
+
+
+@pytest.mark.parametrize("then", [["x", "y"], []])
+def test_a_planner_can_ask_the_user_before_it_has_any_subtask(then):
+    asked = {"subtasks": [], "mode": "parallel", "question": "Which city?"}
+    planned = {"subtasks": [{"task": t, "action": "write_text"} for t in then], "mode": "parallel", "question": None}
+    engine = make_engine(scripted({"break_down_goal": [asked, planned]}))
+    sid = run_goal(engine, "Plan my trip")
+    assert engine.status(sid)["waiting"] == [{"node_id": "root", "question": "Which city?"}]
+    engine.answer(sid, "root", "Lisbon")
+    assert engine.dispatcher.wait(30)
+    st = engine.status(sid)
+    if then:
+        assert st["status"] == "done" and len(engine.read_join(sid, "root", 1)) == len(then)
+    else:  # still no subtask, and no question left to ask
+        assert st["status"] == "failed" and st["error"] == "empty plan: the planner gave no subtasks"
 
 
 def test_invalid_answer_is_repaired_then_fails_cleanly():
