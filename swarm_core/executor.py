@@ -13,13 +13,12 @@ import sys
 import time
 from typing import Any
 
-import jsonschema
 from pydantic import BaseModel
 
 from .actions import ActionError, ActionSpec, load_handler, render
 from .config import SandboxSettings
 from .cooperative import blocking
-from .llm import LLMError, LLMSession
+from .llm import LLMError, LLMSession, json_problem
 from .sandbox import SandboxError, call_function
 from .space import FunctionVersion, SpaceError, SpaceStore
 
@@ -84,18 +83,6 @@ def exec_function(
     if problem:
         raise FunctionError(f"{name} v{spec.version} returned a bad result: {problem}", stdout=stdout)
     return ExecResult(function=name, version=spec.version, result=result, stdout=stdout, duration_s=round(time.monotonic() - started, 4))
-
-
-def json_problem(schema: dict[str, Any], value: Any, what: str) -> str | None:
-    """Why `value` does not fit `schema` (the most relevant error, with its path), or None."""
-    if not schema:
-        return None
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    error = jsonschema.exceptions.best_match(cls(schema).iter_errors(value))
-    if error is None:
-        return None
-    where = "/".join(str(p) for p in error.absolute_path)
-    return f"{what}{f' at {where}' if where else ''}: {error.message[:300]}"
 
 
 def requirements(dependencies: list[str]) -> list[str]:

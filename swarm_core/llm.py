@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol
 
+import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from . import cooperative
@@ -182,6 +183,18 @@ def _text_answer(text: str, field: str) -> dict:
     return answer if isinstance(answer, dict) and field in answer else {field: text}
 
 
+def json_problem(schema: dict[str, Any], value: Any, what: str) -> str | None:
+    """Why `value` does not fit `schema` (the most relevant error, with its path), or None."""
+    if not schema:
+        return None
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    error = jsonschema.exceptions.best_match(cls(schema).iter_errors(value))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path)
+    return f"{what}{f' at {where}' if where else ''}: {error.message[:300]}"
+
+
 def _error_summary(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         parts = []
@@ -249,8 +262,13 @@ class LLMSession:
                 # exclude_unset: an optional field the model left out stays out (a function's default applies)
                 answer = _text_answer(comp.text, text_field) if text_field else parse_json(comp.text)
                 if schema_is_value:
-                    return output_model.model_validate({"value": answer}).model_dump()["value"]
-                return output_model.model_validate(answer).model_dump(exclude_unset=True)
+                    value = output_model.model_validate({"value": answer}).model_dump()["value"]
+                else:
+                    value = output_model.model_validate(answer).model_dump(exclude_unset=True)
+                # the rules the model above does not hold (pattern, const, nested bounds...), which `_portable` drops
+                if mismatch := json_problem(schema, value, "the answer"):
+                    raise ValueError(mismatch)
+                return value
             except (ValueError, ValidationError) as exc:
                 problem = _error_summary(exc)
                 self.calls[-1].error = problem

@@ -100,6 +100,20 @@ def test_retries_wait_as_the_server_says_within_a_minute_else_back_off_with_jitt
     assert 0.375 <= waits[2] / 4 <= 0.5 and 0.375 <= waits[3] / 8 <= 0.5  # 2 s and 4 s, less up to a quarter
 
 
+def test_schema_rules_beyond_the_pydantic_model_are_checked_and_repaired(stub):
+    schema = {"type": "object", "properties": {"args": {"type": "object", "properties": {
+        "xs": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "code": {"type": "string", "pattern": "^[A-Z]{3}$"}}, "required": ["xs", "code"], "additionalProperties": False}},
+        "required": ["args"], "additionalProperties": False}
+    stub.queue(Reply(content='{"args": {"xs": [1], "code": "euro"}}'), Reply(content='{"args": {"xs": [-7], "code": "EUR"}}'),
+               Reply(content='{"args": {"xs": [7], "code": "EUR"}}'))
+    s = session(stub)
+    assert s.ask([{"role": "user", "content": "hi"}], "function_args", schema) == {"args": {"xs": [7], "code": "EUR"}}
+    assert [c.error for c in s.calls] == [
+        "the answer at args/code: 'euro' does not match '^[A-Z]{3}$'", "the answer at args/xs/0: -7 is less than the minimum of 0", None,
+    ]
+
+
 def test_invalid_json_is_repaired_with_the_error(stub):
     stub.queue(Reply(content='{"answer": "x", "n": -4}'), Reply(content='{"answer": "x", "n": 4}'))
     s = session(stub)
