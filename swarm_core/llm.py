@@ -111,9 +111,10 @@ def _type_for(name: str, schema: dict) -> Any:
     if types == "object":
         required = set(schema.get("required", []))
         fields: dict[str, Any] = {}
-        for prop, sub in schema.get("properties", {}).items():
+        for i, (prop, sub) in enumerate(schema.get("properties", {}).items()):
             typ = _type_for(f"{name}_{prop}", sub)
-            fields[prop] = (typ, _field(sub, required=prop in required))
+            taken = prop.startswith("_") or hasattr(BaseModel, prop)  # pydantic's own names ("_id", "json"): an alias
+            fields[f"aliased_{i}" if taken else prop] = (typ, _field(sub, prop in required, alias=prop if taken else None))
         if not fields:
             return dict[str, Any]
         extra = "forbid" if schema.get("additionalProperties") is False else "ignore"
@@ -123,7 +124,7 @@ def _type_for(name: str, schema: dict) -> Any:
     return _SCALARS.get(types, Any)
 
 
-def _field(sub: dict, required: bool) -> Any:
+def _field(sub: dict, required: bool, alias: str | None = None) -> Any:
     bounds = {
         "max_length": sub.get("maxLength", sub.get("maxItems")),
         "min_length": sub.get("minLength", sub.get("minItems")),
@@ -132,8 +133,8 @@ def _field(sub: dict, required: bool) -> Any:
     }
     bounds = {k: v for k, v in bounds.items() if v is not None}
     if required:
-        return Field(..., **bounds)
-    return Field(sub.get("default"), **bounds)
+        return Field(..., alias=alias, **bounds)
+    return Field(sub.get("default"), alias=alias, **bounds)
 
 
 def _camel(name: str) -> str:
@@ -262,9 +263,9 @@ class LLMSession:
                 # exclude_unset: an optional field the model left out stays out (a function's default applies)
                 answer = _text_answer(comp.text, text_field) if text_field else parse_json(comp.text)
                 if schema_is_value:
-                    value = output_model.model_validate({"value": answer}).model_dump()["value"]
+                    value = output_model.model_validate({"value": answer}).model_dump(by_alias=True)["value"]
                 else:
-                    value = output_model.model_validate(answer).model_dump(exclude_unset=True)
+                    value = output_model.model_validate(answer).model_dump(exclude_unset=True, by_alias=True)
                 # the rules the model above does not hold (pattern, const, nested bounds...), which `_portable` drops
                 if mismatch := json_problem(schema, value, "the answer"):
                     raise ValueError(mismatch)

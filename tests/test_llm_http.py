@@ -114,6 +114,15 @@ def test_schema_rules_beyond_the_pydantic_model_are_checked_and_repaired(stub):
     ]
 
 
+def test_property_names_pydantic_keeps_for_itself_are_answered_as_they_are(stub):
+    props = {"_id": {"type": "string"}, "model_config": {"type": "integer"}, "json": {"type": "string"}}
+    schema = {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+    stub.queue(Reply(content='{"model_config": 1, "json": "j"}'), Reply(content='{"_id": "a", "model_config": 1, "json": "j"}'))
+    s = session(stub)
+    assert s.ask([{"role": "user", "content": "hi"}], "probe", schema) == {"_id": "a", "model_config": 1, "json": "j"}
+    assert s.calls[0].error == "_id: Field required"
+
+
 def test_invalid_json_is_repaired_with_the_error(stub):
     stub.queue(Reply(content='{"answer": "x", "n": -4}'), Reply(content='{"answer": "x", "n": 4}'))
     s = session(stub)
