@@ -385,16 +385,15 @@ def test_answer_or_resume_without_the_swarms_model_is_refused_before_anything_is
     assert json.loads(done.stdout)["status"] == "done"
 
 
-def test_an_answer_whose_branch_cannot_run_says_why_and_exits_1(stub, tmp_path):
+def test_an_azure_endpoint_without_its_key_is_no_model_and_the_answer_is_refused(stub, tmp_path):
     store = f"file://{tmp_path / 'store'}"
     sid = _waiting_swarm(stub, store)
-    blueprint = tmp_path / "azure.toml"  # a model configured (its endpoint) but no client can be made (no key)
+    blueprint = tmp_path / "azure.toml"  # an endpoint, but no key the Azure SDK reads: no client can be made
     blueprint.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\n[llm]\nprovider = "azure"\n')
-    env = {"AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9"}
-    proc = swarm("answer", sid, "root.0.1", "blue", "--blueprint", str(blueprint), "--store", store, "--json", env=env, check=1)
-    out = json.loads(proc.stdout)
-    assert out["status"] == "waiting_user" and out["error"].startswith("1 invocation(s) failed, first: "), out
-    assert out["error"].endswith(f"finish with `swarm resume {sid}`")
+    env = {"AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9", "OPENAI_API_KEY": "sk-not-for-azure"}
+    proc = swarm("answer", sid, "root.0.1", "blue", "--blueprint", str(blueprint), "--store", store, "--json", env=env, check=2)
+    assert json.loads(proc.stdout)["error"].startswith(f"no LLM configured: swarm {sid} was started on a live model")
+    assert json.loads(swarm("status", sid, "--json", "--store", store).stdout)["waiting"]  # the answer was not taken
 
 
 def test_verbose_logs_the_swarm_and_not_the_http_requests(stub, tmp_path):
