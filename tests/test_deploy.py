@@ -88,6 +88,17 @@ def test_azure_dry_run_keeps_secrets_out_of_the_output():
     assert {"SWARM_STORE", "SWARM_DISPATCHER", "SWARM_AZURE_QUEUE", "OPENAI_API_KEY", "SWARM_API_TOKEN"} <= set(names)
 
 
+def test_azure_openai_goes_with_its_key_which_stays_out_of_the_output():
+    base = {"RESOURCE_GROUP": "rg", "STORAGE_ACCOUNT": "swarmstore1", "APP_NAME": "swarm-app-1", "AZURE_OPENAI_ENDPOINT": "https://x.openai.azure.com"}
+    proc = dry_run("deploy/azure/deploy.sh", **base)
+    assert proc.returncode != 0 and "set AZURE_OPENAI_API_KEY too" in proc.stderr  # a deployment with no model is refused
+    proc = dry_run("deploy/azure/deploy.sh", **base, AZURE_OPENAI_API_KEY="az-very-secret")
+    assert proc.returncode == 0, proc.stderr
+    settings = next(c for c in commands(proc) if "functionapp config appsettings set" in c)
+    assert {"AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY"} <= set(settings.split("--settings ")[1].split())
+    assert "az-very-secret" not in proc.stdout + proc.stderr
+
+
 def test_gcp_entry_file_exposes_both_functions():
     spec = importlib.util.spec_from_file_location("gcp_main", REPO / "deploy" / "gcp" / "main.py")
     module = importlib.util.module_from_spec(spec)

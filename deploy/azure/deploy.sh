@@ -20,6 +20,7 @@
 #   OPENAI_API_KEY    set as an app setting when given (better: a Key Vault reference,
 #                     OPENAI_API_KEY=@Microsoft.KeyVault(SecretUri=...)) [unset]
 #   AZURE_OPENAI_ENDPOINT  an Azure OpenAI endpoint instead (blueprint llm.provider = "azure") [unset]
+#   AZURE_OPENAI_API_KEY   its key, required with AZURE_OPENAI_ENDPOINT (a Key Vault reference is better) [unset]
 #   SWARM_API_TOKEN   bearer token both HTTP triggers require on top of the function key [unset]
 #   DRY_RUN           1: print every command, run none [0]
 set -euo pipefail
@@ -27,6 +28,9 @@ set -euo pipefail
 : "${RESOURCE_GROUP:?set RESOURCE_GROUP}"
 : "${STORAGE_ACCOUNT:?set STORAGE_ACCOUNT (3-24 lowercase letters and digits)}"
 : "${APP_NAME:?set APP_NAME}"
+if [ -n "${AZURE_OPENAI_ENDPOINT:-}" ]; then
+  : "${AZURE_OPENAI_API_KEY:?set AZURE_OPENAI_API_KEY too: without it the functions have no model}"
+fi
 LOCATION="${LOCATION:-westeurope}"
 CONTAINER="${CONTAINER:-swarm}"
 QUEUE="${QUEUE:-swarm-nodes}"
@@ -82,7 +86,9 @@ settings=(
   "ENABLE_ORYX_BUILD=true"
 )
 if [ -n "${OPENAI_API_KEY:-}" ]; then settings+=("OPENAI_API_KEY=$OPENAI_API_KEY"); fi
-if [ -n "${AZURE_OPENAI_ENDPOINT:-}" ]; then settings+=("AZURE_OPENAI_ENDPOINT=$AZURE_OPENAI_ENDPOINT"); fi
+if [ -n "${AZURE_OPENAI_ENDPOINT:-}" ]; then
+  settings+=("AZURE_OPENAI_ENDPOINT=$AZURE_OPENAI_ENDPOINT" "AZURE_OPENAI_API_KEY=$AZURE_OPENAI_API_KEY")
+fi
 if [ -n "${SWARM_API_TOKEN:-}" ]; then settings+=("SWARM_API_TOKEN=$SWARM_API_TOKEN"); fi
 echo "+ az functionapp config appsettings set --name $APP_NAME --resource-group $RESOURCE_GROUP --settings ${settings[*]%%=*} (values not shown)"
 if [ "$DRY_RUN" != 1 ]; then
