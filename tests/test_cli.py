@@ -396,6 +396,27 @@ def test_an_azure_endpoint_without_its_key_is_no_model_and_the_answer_is_refused
     assert json.loads(swarm("status", sid, "--json", "--store", store).stdout)["waiting"]  # the answer was not taken
 
 
+def test_an_answer_whose_branch_cannot_run_says_why_and_exits_1(stub, tmp_path, monkeypatch, capsys):
+    from swarm_core import cli
+    from swarm_core.engine import Engine
+
+    store = f"file://{tmp_path}"
+    sid = _waiting_swarm(stub, store)
+    real = Engine.execute_node
+
+    def execute_node(self, swarm_id, blueprint):  # the store fails under the answered node's delivery
+        if blueprint.node_id == "root.0.1":
+            raise StoreError(f"cannot read swarms/{swarm_id}/nodes/root.0.1.json in {store}: Input/output error")
+        return real(self, swarm_id, blueprint)
+
+    monkeypatch.setattr(Engine, "execute_node", execute_node)
+    monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
+    assert cli.main(["answer", sid, "root.0.1", "blue", "--store", store, "--json"]) == 1  # incomplete, not waiting (3)
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "waiting_user" and out["error"].startswith("1 invocation(s) failed, first: "), out
+    assert "Input/output error" in out["error"] and out["error"].endswith(f"finish with `swarm resume {sid}`")
+
+
 def test_verbose_logs_the_swarm_and_not_the_http_requests(stub, tmp_path):
     stub.responder = http_responder(default_responder(subtasks=("a",)))
     url = stub.base_url.replace("http://", "http://user:hunter2@")
