@@ -47,4 +47,5 @@ def test_swarm_against_smollm2_ends_cleanly_with_usage(smollm2_url, monkeypatch,
     calls = [c for e in engine.events(sid) for c in e.llm_calls]
     valid = [c for c in calls if c.error is None and c.response]
     assert len(valid) * 2 > len(calls), [(c.schema_name, c.error) for c in calls]
-    assert any(c.schema_name == "break_down_goal" and json.loads(c.response)["subtasks"] for c in valid)
+    # strict=False: as the engine reads answers (a raw newline inside a string is a tiny model's habit)
+    assert any(c.schema_name == "break_down_goal" and json.loads(c.response, strict=False)["subtasks"] for c in valid)
