@@ -367,6 +367,15 @@ class OpenAITransport:
         client = cooperative.per_loop(("openai", self._key), lambda: self._make(asynchronous=True))
         return client.chat.completions.create(**request)
 
+    def _error(self, message: str) -> LLMError:
+        """An LLMError whose message (stored in the history) has no key in it, should the server
+        have echoed the one it was sent ("invalid key sk-...")."""
+        secrets = [self._connect.get("api_key")] + ([os.environ.get(v) for v in AZURE_CREDENTIALS] if self.settings.provider == "azure" else [])
+        for secret in secrets:
+            if secret and len(secret) >= 8 and secret != "not-needed":
+                message = message.replace(secret, "***")
+        return LLMError(message)
+
     @property
     def server(self) -> str:
         """The client's base URL for messages (which are stored): scheme, host, port and path only,
@@ -396,11 +405,11 @@ class OpenAITransport:
         try:
             resp = self._create(messages=messages, **kwargs)
         except (openai.APIResponseValidationError, ValueError) as exc:  # a body that is not JSON
-            raise LLMError(f"LLM server {self.server} gave an unreadable answer: {_error_summary(exc)}") from None
+            raise self._error(f"LLM server {self.server} gave an unreadable answer: {_error_summary(exc)}") from None
         try:
             return _answer(resp, mode)
         except Exception as exc:  # noqa: BLE001 - the SDK builds answers unchecked: any field may be missing or odd
-            raise LLMError(f"LLM server {self.server} gave an unreadable answer: {exc}") from None
+            raise self._error(f"LLM server {self.server} gave an unreadable answer: {exc}") from None
 
     def _create(self, **request):
         """The request, retried on a 429, a 5xx, a timeout or a lost connection."""
@@ -414,11 +423,11 @@ class OpenAITransport:
                 )
             except openai.APIStatusError as exc:
                 if retry == self.settings.max_retries or (exc.status_code != 429 and exc.status_code < 500):
-                    raise LLMError(f"LLM server {self.server} answered HTTP {exc.status_code}: {_api_message(exc)}") from None
+                    raise self._error(f"LLM server {self.server} answered HTTP {exc.status_code}: {_api_message(exc)}") from None
                 wait = _retry_wait(retry, exc.response.headers)
             except openai.APIConnectionError as exc:  # a timeout too
                 if retry == self.settings.max_retries:
-                    raise LLMError(f"cannot reach the LLM server {self.server}: {exc}") from None
+                    raise self._error(f"cannot reach the LLM server {self.server}: {exc}") from None
                 wait = _retry_wait(retry, {})
             cooperative.sleep(wait)  # on the greenlet runner: an asyncio.sleep, no thread waits
 

@@ -246,6 +246,15 @@ def test_an_unreachable_server_is_named_without_its_credentials(monkeypatch, url
     assert "hunter2" not in str(err.value)
 
 
+def test_a_key_the_server_echoes_in_its_error_is_kept_out_of_the_message(stub, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    stub.queue(Reply(status=401, body=json.dumps({"error": {"message": "Incorrect API key provided: sk-test-0123456789abcdef."}})))
+    with pytest.raises(LLMError) as err:
+        session(stub).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+    assert str(err.value).endswith("answered HTTP 401: Incorrect API key provided: ***."), str(err.value)
+    assert stub.requests and "sk-test-0123456789abcdef" not in str(err.value)
+
+
 @pytest.mark.parametrize("mode", ["json_schema", "json_object_schema", "tools"])
 def test_a_text_answer_goes_without_structured_output_and_fills_one_field(stub, mode):
     code = "Here you are:\n```python\ndef f():\n    return 1\n```"
