@@ -834,6 +834,8 @@ class Engine:
             if not self.state.create(self.node_key(swarm_id, child.node_id), dump(child_rec)) and recovering:
                 child_rec = self.node(swarm_id, child.node_id)[0]
             records.append(child_rec)
+            if i % JOIN_GROUP == JOIN_GROUP - 1:  # a wide fan-out on a slow disk must not keep the greenlet
+                cooperative.sleep(0)  # runner's loop from its other nodes (nor set off its hold warning)
         if not recovering:
             for child_rec in records if spawn.mode == "parallel" else records[:1]:
                 self.dispatcher.dispatch(swarm_id, child_rec.blueprint)
