@@ -114,6 +114,23 @@ def test_schema_rules_beyond_the_pydantic_model_are_checked_and_repaired(stub):
     ]
 
 
+def test_the_json_schema_check_runs_only_where_the_model_misses_a_rule():
+    import glob
+    from pathlib import Path
+
+    from swarm_core.llm import model_holds
+
+    for path in glob.glob(str(REPO / "blueprints/default/actions/*/output.schema.json")):  # every node's answer: held
+        assert model_holds(json.loads(Path(path).read_text())), path
+    bounded = {"type": "object", "properties": {"q": {"type": ["string", "null"], "maxLength": 3}, "n": {"type": "integer", "maximum": 3}}}
+    assert model_holds(bounded)
+    for missed in ({"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}}},
+                   {"type": "object", "properties": {"xs": {"type": "array", "items": {"type": "integer", "minimum": 0}}}},
+                   {"type": "string", "maxLength": 3},  # a bound the model puts only on a property
+                   {"type": "object", "additionalProperties": {"type": "integer"}}):
+        assert not model_holds(missed), missed
+
+
 def test_property_names_pydantic_keeps_for_itself_are_answered_as_they_are(stub):
     props = {"_id": {"type": "string"}, "model_config": {"type": "integer"}, "json": {"type": "string"}}
     schema = {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
