@@ -80,20 +80,25 @@ _SCALARS: dict[str, Any] = {"string": str, "integer": int, "number": int | float
 def model_from_schema(name: str, schema: dict) -> type[BaseModel]:
     """Build a pydantic model from the JSON Schema subset our action schemas use
     (objects, arrays, scalars, enums, nullable type lists, length/item bounds)."""
+    return _compiled(name, schema)[0]
+
+
+def _compiled(name: str, schema: dict) -> tuple[Any, bool]:
+    """The model for `schema`, and whether it holds every rule of it (`model_holds`): made once per schema."""
     seen = _SEEN.get(id(schema))
     if seen is not None and seen[0] is schema and seen[1] == name:  # an action's schema object, asked again
         return seen[2]
     key = (name, json.dumps(schema, sort_keys=True))
     if key not in _MODELS:  # building a pydantic model costs ~0.7 ms: once per schema, not per call
-        _MODELS[key] = _type_for(name, schema)
+        _MODELS[key] = (_type_for(name, schema), model_holds(schema))
     if len(_SEEN) >= 1024:  # schemas built per call (the factory's) must not pile up
         _SEEN.clear()
     _SEEN[id(schema)] = (schema, name, _MODELS[key])  # holding `schema` keeps its id from being reused
-    return _MODELS[key]  # type: ignore[return-value]
+    return _MODELS[key]
 
 
-_MODELS: dict[tuple[str, str], Any] = {}
-_SEEN: dict[int, tuple[dict, str, Any]] = {}  # id(schema) -> the model: skips the canonical dump
+_MODELS: dict[tuple[str, str], tuple[Any, bool]] = {}
+_SEEN: dict[int, tuple[dict, str, tuple[Any, bool]]] = {}  # id(schema) -> `_compiled`'s answer: skips the canonical dump
 
 
 def _type_for(name: str, schema: dict) -> Any:
@@ -186,20 +191,13 @@ def _text_answer(text: str, field: str) -> dict:
 
 _HELD = {"type", "properties", "required", "additionalProperties", "items", "enum", "default", "description", "title"}
 _HELD_ON_A_PROPERTY = {"maxLength", "minLength", "maxItems", "minItems", "minimum", "maximum"}  # `_field`'s bounds
-_HOLDS: dict[int, tuple[dict, bool]] = {}  # id(schema) -> whether `_type_for`'s model holds all of it
 
 
 def model_holds(schema: dict[str, Any]) -> bool:
     """Whether the pydantic model `model_from_schema` builds holds every rule of `schema`, so that
     checking an answer against the JSON Schema too (`json_problem`, a fifth of a node's CPU)
-    would find nothing more. Decided once per schema object."""
-    seen = _HOLDS.get(id(schema))
-    if seen is not None and seen[0] is schema:
-        return seen[1]
-    if len(_HOLDS) >= 1024:
-        _HOLDS.clear()
-    _HOLDS[id(schema)] = (schema, _holds(schema, on_a_property=False))
-    return _HOLDS[id(schema)][1]
+    would find nothing more. `_compiled` keeps the answer with the model."""
+    return _holds(schema, on_a_property=False)
 
 
 def _holds(schema: Any, on_a_property: bool) -> bool:
@@ -261,7 +259,7 @@ class LLMSession:
         `text_field`: the answer is free text that becomes this one string field (a JSON object
         that has the field is taken as it is). For code: a small model writes working code in a
         Markdown block far more often than inside a JSON string (README, "Functions")."""
-        output_model = model_from_schema(schema_name, schema)
+        output_model, holds = _compiled(schema_name, schema)
         if not (isinstance(output_model, type) and issubclass(output_model, BaseModel)):  # e.g. `{}`
             output_model = create_model(_camel(schema_name), value=(output_model, ...))
             schema_is_value = True
@@ -298,7 +296,7 @@ class LLMSession:
                 else:
                     value = output_model.model_validate(answer).model_dump(exclude_unset=True, by_alias=True)
                 # the rules the model above does not hold (pattern, const, nested bounds...), which `_portable` drops
-                if not model_holds(schema) and (mismatch := json_problem(schema, value, "the answer")):
+                if not holds and (mismatch := json_problem(schema, value, "the answer")):
                     raise ValueError(mismatch)
                 return value
             except (ValueError, ValidationError) as exc:
