@@ -318,8 +318,8 @@ class Engine:
             reports = None
             if resuming and was == "waiting_children":
                 reports = self._count_join(swarm_id, bp.node_id, bp.round - 1)
-            outcome, session, reserved = self._run(header, claimed, reports)
-            settled = self._settle(header, claimed, claim, outcome, session, reserved)
+            outcome, session, reserved, earlier = self._run(header, claimed, reports)
+            settled = self._settle(header, claimed, claim, outcome, session, reserved, earlier)
         except Exception as exc:
             exc.claim_attempt = claimed.attempt  # type: ignore[attr-defined]  # for fail_node, if this was the last try
             self._unclaim(swarm_id, rec, claimed, claim)
@@ -548,10 +548,12 @@ class Engine:
         return RecordedTransport(answers, f"replay:{swarm_id}", stops, said)
 
     def _run(self, header: SwarmHeader, rec: NodeRecord, child_reports: list[ChildReport] | None):
-        """Run the node's action. Returns its outcome, its LLM session, and the calls it reserved
-        in the swarm's counters beyond its spawn's reservation (see `_budget_check`)."""
+        """Run the node's action. Returns its outcome, its LLM session, the calls it reserved in
+        the swarm's counters beyond its spawn's reservation (see `_budget_check`), and the tokens
+        the earlier steps of its sequential plan used (not in the counters yet either)."""
         swarm_id, bp = header.swarm_id, rec.blueprint
         reserved = [Usage()]
+        previous: list[ChildReport] = []
         session = LLMSession(
             transport=self.transport_for(header),
             settings=self.blueprint.llm,
@@ -582,7 +584,7 @@ class Engine:
         except Exception as exc:  # an action's bug fails its node, never the worker
             log.exception("action %s failed on %s/%s", bp.action, swarm_id, bp.node_id)
             outcome = Fail(error=f"{bp.action} raised {type(exc).__name__}: {exc}")
-        return outcome, session, reserved[0]
+        return outcome, session, reserved[0], sum(r.usage.tokens for r in previous)
 
     def _earlier_steps(self, swarm_id: str, rec: NodeRecord) -> list[ChildReport]:
         """The reports of the steps before this one, if it is a step of a sequential plan: what
@@ -685,14 +687,17 @@ class Engine:
             cooperative.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
         raise StoreError(f"could not update {key}: too much contention")
 
-    def _settle(self, header: SwarmHeader, rec: NodeRecord, claim: bytes, outcome, session: LLMSession, reserved: Usage) -> NodeRecord:
+    def _settle(
+        self, header: SwarmHeader, rec: NodeRecord, claim: bytes, outcome, session: LLMSession, reserved: Usage, earlier: int
+    ) -> NodeRecord:
         """Persist the outcome, then act on it (spawn children, terminate, or wait for the user).
 
         Only while the stored record is still `claim`, the bytes this delivery's claim wrote: a
         worker that outlived its lease finds the node taken over, and drops its outcome rather
         than spawn or report a second time. The record's final write is a compare-and-swap
         against the version checked here. `reserved`: the calls `_run` reserved in the
-        counters, now committed like the spawn's."""
+        counters, now committed like the spawn's; `earlier`: the tokens of the earlier steps, which
+        a spawn is checked against too."""
         swarm_id = header.swarm_id
         key = self.node_key(swarm_id, rec.node_id)
         if reserved.llm_calls:
@@ -704,7 +709,7 @@ class Engine:
         spawned = None  # ("<node>/<round>", attempt) once the spawn is counted
         try:
             if isinstance(outcome, Spawn):
-                outcome, spawned = self._count_spawn(header, rec, outcome, own)
+                outcome, spawned = self._count_spawn(header, rec, outcome, own, earlier)
                 if spawned:
                     rec = rec.model_copy(update={"committed": rec.usage + session.usage})
             if outcome is not None:  # None: a later claim of this round counted its spawn (a takeover)
@@ -760,7 +765,9 @@ class Engine:
             return False
         return True
 
-    def _count_spawn(self, header: SwarmHeader, rec: NodeRecord, spawn: Spawn, own: Usage) -> tuple[Spawn | Fail | None, tuple[str, int] | None]:
+    def _count_spawn(
+        self, header: SwarmHeader, rec: NodeRecord, spawn: Spawn, own: Usage, earlier: int
+    ) -> tuple[Spawn | Fail | None, tuple[str, int] | None]:
         """Check a spawn against the budgets and count it (nodes, this delivery's usage, one
         reserved call per child) in one compare-and-swap. Returns the outcome (a Fail naming the
         budget if vetoed; None if a later claim of the round has counted its own spawn) and, if
@@ -776,7 +783,6 @@ class Engine:
             return Fail(error=stop), None
         delta = {"nodes": n, **_usage_delta(own)}
         delta["llm_calls"] += n * RESERVED.llm_calls  # each child's first call, reserved now
-        earlier = sum(r.usage.tokens for r in self._earlier_steps(header.swarm_id, rec))  # not counted yet either
 
         def check(c: Counters) -> str | None:
             if c.nodes + n > b.max_nodes:
