@@ -31,7 +31,7 @@ from .engine import CorruptRecord, Engine, SwarmError, UnknownSwarm, check_goal
 from .executor import FunctionError
 from .factory import Functions
 from .llm import LLMError
-from .models import SWARM_ID, Budgets, InvalidId, NodeRecord
+from .models import Budgets, InvalidId, NodeRecord
 from .runtime import build_engine, llm_configured, llm_source_for
 from .serve import add_serve_parser
 from .space import SpaceError, signature, space_tree
@@ -566,7 +566,7 @@ def cmd_snapshot(args) -> int:
 def cmd_list(args) -> int:
     engine = _engine(args)
     rows = []
-    ids = [sid for sid in engine.swarm_ids() if SWARM_ID.fullmatch(sid)]  # a stray object under index/ is no swarm
+    ids = engine.swarm_ids()
     more = max(len(ids) - args.limit, 0)
     for sid in ids[: args.limit]:
         try:

@@ -31,6 +31,7 @@ from .factory import Functions, Progress
 from .llm import BudgetExceeded, LLMError, LLMSession, OpenAITransport, RecordedTransport, Transport
 from .models import (
     ROOT_ID,
+    SWARM_ID,
     TERMINAL,
     AskUser,
     Budgets,
@@ -228,8 +229,10 @@ class Engine:
         return sorted(reports, key=lambda r: _order(r.node_id))
 
     def swarm_ids(self) -> list[str]:
-        """Every swarm in the state store, newest first (ids sort by creation time)."""
-        return sorted((k.rsplit("/", 1)[1] for k in self.state.list("index/")), reverse=True)
+        """Every swarm in the state store, newest first (ids sort by creation time). An object under
+        `index/` whose name is no swarm id (a hand-made file, a tool's folder placeholder) is none."""
+        names = (k.rsplit("/", 1)[1] for k in self.state.list("index/"))
+        return sorted((name for name in names if SWARM_ID.fullmatch(name)), reverse=True)
 
     # --- entrypoints -----------------------------------------------------------
 
