@@ -346,7 +346,8 @@ def spec_schema(names: list[str], params: list[str]) -> dict[str, Any]:
 
 def _spec(llm: LLMSession, config: SwarmBlueprint, space: SpaceStore, description: str, code: str, say: Progress) -> ActionSpec:
     """The described spec, reconciled with what the code itself declares."""
-    folder = config.factory.folder if isinstance(space.load().entries.get(config.factory.folder), FolderSpec) else ROOT_FOLDER
+    entries = space.load().entries
+    folder = config.factory.folder if isinstance(entries.get(config.factory.folder), FolderSpec) else ROOT_FOLDER
     draft = ActionSpec(id="function", name="function", description=description.strip()[:300], type="python", parent=folder)
     guess = _derive(code, draft)  # names and annotations; entry guessed from the code and the request
     names = sorted(_defs_of(code), key=lambda n: n != guess.entry)  # the guess first: small models pick the first
@@ -368,8 +369,8 @@ def _spec(llm: LLMSession, config: SwarmBlueprint, space: SpaceStore, descriptio
     spec = _derive(code, draft)
     named = re.search(r"([A-Za-z_]\w*)\(", description)  # "Write `gcd(a, b)` that ..." names it
     ident = _ident(spec.entry or (named.group(1) if named else description))
-    if ident in space.builtins.entries:
-        ident += "_fn"
+    if ident == ROOT_FOLDER or ident in space.builtins.entries or isinstance(entries.get(ident), FolderSpec):
+        ident += "_fn"  # `def root(x)` or a folder's name: the space would refuse the id after all the work
     spec = spec.model_copy(update={"id": ident, "name": ident})
     say("spec", {"id": spec.id, "signature": signature(spec), "description": spec.description, "dependencies": spec.dependencies})
     return spec

@@ -215,6 +215,20 @@ def test_a_second_creation_is_a_new_version():
     assert engine.actions.load().get("nth_prime").version == 2
 
 
+def test_a_function_named_like_the_root_or_a_folder_is_saved_under_another_id():
+    from swarm_core.space import folder
+
+    for name in ("root", "maths"):  # `def root(x)` for a square root; a folder the deployment added
+        code = f"def {name}(x: float) -> float:\n    return x ** 0.5\n"
+        spec = {"name": name, "description": "square root", "args": {"x": "number"}, "returns": "number"}
+        tests = {"cases": [{"name": "four", "args": {"x": 4}, "expected": 2, "assertion": None}]}
+        engine = make_engine(scripted({"write_code": {"code": code}, "extract_spec": spec, "write_tests": tests}))
+        engine.actions.add(folder("maths", "maths functions", parent="software"))
+        record = engine.functions().create(f"Write {name}(x), the square root of x.")
+        assert (record.spec.id, record.spec.status) == (f"{name}_fn", "active")
+        assert engine.exec_function(f"{name}_fn", {"x": 9}).result == 3
+
+
 # --- exec_function --------------------------------------------------------------------
 
 
