@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
@@ -79,7 +80,8 @@ class SandboxSettings(_Section):
     case_timeout_s: float = Field(2, gt=0)  # per test case
     allowed_packages: list[str] = Field(default_factory=list)  # PyPI names; anything else is refused
 
-    def limits(self) -> Limits:
+    def limits(self, hidden: Collection[str] = ()) -> Limits:
+        """`hidden`: folders the code must not read (the deployment's file stores)."""
         return Limits(
             wall_s=self.wall_s,
             cpu_s=self.cpu_s,
@@ -87,6 +89,7 @@ class SandboxSettings(_Section):
             file_mb=self.file_mb,
             max_procs=self.max_procs,
             allowed_packages=frozenset(self.allowed_packages),
+            hidden=frozenset(hidden),
         )
 
 

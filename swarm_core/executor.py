@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import sys
 import time
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,7 +20,7 @@ from .actions import ActionError, ActionSpec, load_handler, render
 from .config import SandboxSettings
 from .cooperative import blocking
 from .llm import LLMError, LLMSession, json_problem
-from .sandbox import SandboxError, call_function
+from .sandbox import Limits, SandboxError, call_function
 from .space import FunctionVersion, SpaceError, SpaceStore
 
 
@@ -53,8 +54,10 @@ def exec_function(
     sandbox: SandboxSettings,
     llm: LLMSession | None = None,
     system_prompt: str = "",
+    hidden: Collection[str] = (),
 ) -> ExecResult:
-    """Run action `name` (at `version`, default the active one) with `args`; raise FunctionError."""
+    """Run action `name` (at `version`, default the active one) with `args`; raise FunctionError.
+    `hidden`: folders a python action must not read (the deployment's file stores)."""
     try:
         record = space.version(name, version)
     except SpaceError as exc:
@@ -72,7 +75,7 @@ def exec_function(
     started = time.monotonic()
     stdout = ""
     if spec.type == "python":
-        result, stdout = _run_python(record, args, sandbox)
+        result, stdout = _run_python(record, args, sandbox.limits(hidden))
     elif spec.type == "llm":
         result = _run_llm(spec, args, llm, system_prompt)
     elif spec.entry:
@@ -104,14 +107,14 @@ def call_args(code: str, entry: str, args: dict[str, Any], schema: dict[str, Any
     return args
 
 
-def _run_python(record: FunctionVersion, args: dict[str, Any], sandbox: SandboxSettings) -> tuple[Any, str]:
+def _run_python(record: FunctionVersion, args: dict[str, Any], limits: Limits) -> tuple[Any, str]:
     spec = record.spec
     try:
         out = call_function(
             record.code,
             spec.entry,
             call_args(record.code, spec.entry, args, spec.input_schema),
-            limits=sandbox.limits(),
+            limits=limits,
             requirements=requirements(spec.dependencies),
         )
     except SandboxError as exc:

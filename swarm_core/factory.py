@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -67,8 +68,9 @@ class Functions:
         return create_function(description, space=self.space, llm=self._llm(), config=self.config, progress=progress)
 
     def run(self, name: str, args: dict[str, Any], version: int | None = None) -> ExecResult:
+        config = self.config
         return exec_function(
-            self.space, name, args, version, sandbox=self.config.sandbox, llm=self.llm, system_prompt=self.config.system_prompt
+            self.space, name, args, version, sandbox=config.sandbox, llm=self.llm, system_prompt=config.system_prompt, hidden=store_folders(config)
         )
 
     def test(self, name: str, version: int | None = None) -> tuple[FunctionVersion, TestReport]:
@@ -211,7 +213,7 @@ def check(code: str, spec: ActionSpec, cases: list[TestCase], config: SwarmBluep
             code,
             spec.entry,
             wrapped,
-            limits=config.sandbox.limits(),
+            limits=config.sandbox.limits(store_folders(config)),
             requirements=requirements(spec.dependencies),
             case_timeout_s=config.sandbox.case_timeout_s,
         )
@@ -219,6 +221,13 @@ def check(code: str, spec: ActionSpec, cases: list[TestCase], config: SwarmBluep
         verdicts = [CaseResult(name=c.name, passed=False, error=f"not run: {exc}") for c in cases]
         return TestReport(cases=verdicts, passed=0, failed=len(cases), error=str(exc))
     return report
+
+
+def store_folders(config: SwarmBlueprint) -> list[str]:
+    """The folders of the blueprint's file stores: generated code must not read swarms, histories
+    or other functions (files there are readable by any user)."""
+    uris = {config.stores.for_concern(c) for c in ("state", "history", "actions", "memory")}
+    return [os.path.abspath(os.path.expanduser(u[len("file://") :] or ".swarm")) for u in uris if u.startswith("file://")]
 
 
 def fit_output(spec: ActionSpec, report: TestReport) -> ActionSpec:

@@ -12,9 +12,10 @@ pose as a result.
 Layers, strongest first:
 
 * As root (CI, containers) the code gets its own PID namespace, mount
-  namespace (size-bounded tmpfs for the work dir and shared temp dirs, a /proc
-  showing only its own processes) and, unless ``Limits.network``, an empty
-  network namespace, then drops to a throwaway uid/gid leased for this run
+  namespace (size-bounded tmpfs for the work dir and shared temp dirs, empty
+  read-only ones over ``Limits.hidden``, a /proc showing only its own
+  processes) and, unless ``Limits.network``, an empty network namespace,
+  then drops to a throwaway uid/gid leased for this run
   alone. The kernel then enforces ``RLIMIT_NPROC``, file and signal
   permissions, and kills every process of the run when its first one exits.
   Without CAP_SYS_ADMIN the namespaces are skipped; the uid drop remains.
@@ -111,6 +112,9 @@ class Limits(BaseModel):
     """False: no network (an empty network namespace as root, the audit hook otherwise)."""
     allowed_packages: frozenset[str] = frozenset()
     """PyPI distributions the blueprint allows the code to install and import."""
+    hidden: frozenset[str] = frozenset()
+    """Folders the code must not read (the deployment's file stores): as root an empty read-only
+    tmpfs covers each; otherwise the audit hook refuses to open anything inside them."""
 
 
 class RunResult(BaseModel):
@@ -441,6 +445,7 @@ def _execute(
                 "site_packages": site_dir,
                 "allowed_imports": sorted(imports | {_normalise(p).replace("-", "_") for p in limits.allowed_packages}),
                 "allowed_packages": sorted(limits.allowed_packages),
+                "hidden": sorted(os.path.realpath(path) for path in limits.hidden),
                 "network": limits.network,
                 "max_procs": limits.max_procs,
                 "disk_mb": limits.disk_mb,
@@ -1116,7 +1121,7 @@ def _driver():  # type: ignore[no-untyped-def]  # pragma: no cover - runs in the
 
     pr_set_pdeathsig, pr_set_dumpable, pr_set_child_subreaper, pr_set_no_new_privs = 1, 4, 36, 38
     clone_newns, clone_newpid, clone_newnet = 0x00020000, 0x20000000, 0x40000000
-    ms_nosuid, ms_nodev, ms_noexec, ms_rec, ms_private = 2, 4, 8, 1 << 14, 1 << 18
+    ms_rdonly, ms_nosuid, ms_nodev, ms_noexec, ms_rec, ms_private = 1, 2, 4, 8, 1 << 14, 1 << 18
     prctl(pr_set_pdeathsig, signal.SIGKILL)  # die with the worker that supervises us
 
     isolate = uid is not None and os.geteuid() == 0
@@ -1183,7 +1188,7 @@ def _driver():  # type: ignore[no-untyped-def]  # pragma: no cover - runs in the
         # The interpreter may live under a root-only dir (pyenv in /root), a package env under a temp
         # dir the mounts below will cover: keep such library dirs reachable through descriptors opened
         # now, for sys.path and for packages already loaded.
-        covered = ("/tmp/", "/var/tmp/", "/dev/shm/")
+        covered = ("/tmp/", "/var/tmp/", "/dev/shm/", *(folder + "/" for folder in cfg["hidden"]))
         moved = {}
         for index, entry in enumerate(sys.path):
             if not entry or not os.path.isdir(entry):
@@ -1207,6 +1212,9 @@ def _driver():  # type: ignore[no-untyped-def]  # pragma: no cover - runs in the
                     with open(path, "rb") as handle:
                         files.append((os.path.relpath(path, workdir), handle.read()))
             size = f"size={cfg['disk_mb']}m"
+            for folder in cfg["hidden"]:  # not one that holds the work dir: that is a temp dir, covered below
+                if os.path.isdir(folder) and not workdir.startswith(folder.rstrip("/") + "/"):
+                    mount("tmpfs", folder, "tmpfs", ms_rdonly | ms_nosuid | ms_nodev | ms_noexec, "size=4k,mode=0555")
             for shared in ("/tmp", "/var/tmp", "/dev/shm"):
                 if os.path.isdir(shared) and not os.path.islink(shared):
                     mount("tmpfs", shared, "tmpfs", ms_nosuid | ms_nodev, f"{size},mode=1777")
@@ -1306,7 +1314,8 @@ def _driver():  # type: ignore[no-untyped-def]  # pragma: no cover - runs in the
     net_events = frozenset({"socket.connect", "socket.sendto", "socket.sendmsg"})
     own_fds = ("/dev/null", "/dev/stdout", "/dev/stderr")
     max_procs, network = cfg["max_procs"], cfg["network"]
-    guard_proc = not isolate  # as root the kernel already hides other users' /proc entries
+    guard_proc = not isolate  # as root the kernel already hides other users' /proc entries, and mounts the stores'
+    hidden = cfg["hidden"]
     spawned = 0
 
     def resolve(path, dir_fd, follow):
@@ -1344,11 +1353,14 @@ def _driver():  # type: ignore[no-untyped-def]  # pragma: no cover - runs in the
                     refuse_write(path)
             elif guard_proc:
                 try:
-                    parts = resolve(path, None, True).split("/")
+                    target = resolve(path, None, True)
                 except (TypeError, ValueError, OSError):
                     return
+                parts = target.split("/")
                 if len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and int(parts[2]) != os.getpid():
                     raise PermissionError(errno.EACCES, "sandbox: other processes' /proc entries are off limits", path)
+                if any((target + "/").startswith(folder.rstrip("/") + "/") for folder in hidden):
+                    raise PermissionError(errno.EACCES, "sandbox: the swarm's stores are off limits", path)
         elif event in path_events:
             for at, fd_at, follow in path_events[event]:
                 dir_fd = args[fd_at] if fd_at is not None and fd_at < len(args) else None

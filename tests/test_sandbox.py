@@ -305,6 +305,17 @@ def test_code_sees_a_private_tmp():
     assert run(code).stdout == "['/tmp tmpfs']\n"
 
 
+@pytest.mark.parametrize("mode", ["as root", "audit hook alone"])
+def test_hidden_folders_cannot_be_read(mode, monkeypatch):
+    # The tests' own folder stands for a store outside /tmp: world-readable, as ./.swarm is.
+    if mode != "as root":
+        monkeypatch.setattr(sandbox, "_leased_uid", contextmanager(lambda: iter([None])))
+    here = Path(__file__)
+    code = f"try:\n    print(open({str(here)!r}).read()[:40])\nexcept OSError as exc:\n    print(type(exc).__name__)\n"
+    assert run(code).stdout == here.read_text()[:40] + "\n"  # readable unless hidden
+    assert run(code, limits=Limits(hidden=frozenset({str(here.parent)}))).stdout in ("FileNotFoundError\n", "PermissionError\n")
+
+
 @as_root
 def test_code_runs_as_a_leased_unprivileged_uid():
     result = run("import os\nprint(os.getuid(), os.getgid(), os.getgroups())\n")
