@@ -30,7 +30,7 @@ ROOT_FOLDER = "root"
 SUPERVISOR = "supervise"
 ROUTER = "route"
 PYTHON_HANDLER = "swarm_core.actions:run_function"
-_ID = re.compile(r"[a-z][a-z0-9_]{0,63}")  # fullmatch: `$` would let a final "\n" by
+ACTION_ID = re.compile(r"[a-z][a-z0-9_]{0,63}")  # fullmatch: `$` would let a final "\n" by
 
 if TYPE_CHECKING:
     from .factory import Functions
@@ -147,8 +147,8 @@ class ActionSpace:
             where = f"{key}:"
             if e.id != key:
                 out.append(f"{where} stored under another id ({e.id!r})")
-            if not _ID.fullmatch(e.id) or e.id == ROOT_FOLDER:
-                out.append(f"{where} id must match {_ID.pattern} and not be {ROOT_FOLDER!r}")
+            if not ACTION_ID.fullmatch(e.id) or e.id == ROOT_FOLDER:
+                out.append(f"{where} id must match {ACTION_ID.pattern} and not be {ROOT_FOLDER!r}")
             parent = self.entries.get(e.parent)
             if e.parent != ROOT_FOLDER and not isinstance(parent, FolderSpec):
                 out.append(f"{where} parent {e.parent!r} is not a folder")
@@ -215,8 +215,8 @@ def _load_dir(actions_dir: str) -> tuple[tuple[str, Entry], ...]:
             spec = ActionSpec(id=folder.name, **raw)
         except Exception as exc:
             raise ActionError(f"action {spec_file}: {exc}") from None
-        if not _ID.fullmatch(spec.id):
-            raise ActionError(f"action {spec_file}: id {spec.id!r} must match {_ID.pattern}")
+        if not ACTION_ID.fullmatch(spec.id):
+            raise ActionError(f"action {spec_file}: id {spec.id!r} must match {ACTION_ID.pattern}")
         entries[spec.id] = spec
     return tuple(entries.items())
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from . import cooperative
-from .actions import PYTHON_HANDLER, ROOT_FOLDER, ActionError, ActionSpace, ActionSpec, Entry, FolderSpec, load_handler
+from .actions import ACTION_ID, PYTHON_HANDLER, ROOT_FOLDER, ActionError, ActionSpace, ActionSpec, Entry, FolderSpec, load_handler
 from .models import now
 from .sandbox import TestReport
 from .store import KeyNotFound, Store, StoreError
@@ -127,6 +127,8 @@ class SpaceStore:
             if n not in (None, spec.version):
                 raise SpaceError(f"{action_id} is a built-in action: it has only version {spec.version}")
             return FunctionVersion(spec=spec)
+        if not ACTION_ID.fullmatch(action_id):  # before it goes into a storage key
+            raise SpaceError(f"unknown function {action_id!r}: a function's id matches {ACTION_ID.pattern}")
         card = self.own().get(action_id)
         if n is None:
             if not isinstance(card, ActionSpec):

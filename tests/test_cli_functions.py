@@ -58,6 +58,8 @@ def test_fn_errors_exit_with_clear_codes(tmp_path):
         (["fn", "run", "nope", "--args", "{bad"], 2, "--args is not JSON"),
         (["fn", "run", "nope", "--args", "[" * 5000 + "]" * 5000], 2, "--args is nested too deeply"),
         (["fn", "show", "nope"], 2, "unknown function 'nope'"),
+        (["fn", "show", "../../swarms/x", "--version", "1"], 2, "unknown function '../../swarms/x'"),  # never a storage key
+        (["fn", "run", "a/b", "--version", "1"], 2, "unknown function 'a/b'"),
         (["actions", "rm", "write_text"], 2, "write_text is a built-in"),
         (["actions", "add", "x"], 2, "give --folder, or --spec"),
         (["actions", "add", "x", "--folder"], 2, "needs --description"),
