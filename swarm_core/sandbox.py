@@ -579,6 +579,8 @@ def _parse_records(sink: _Sink) -> tuple[list[dict[str, Any]], bool]:
             continue
         try:
             record = json.loads(line)
+            if b"\\ud" in line:  # printed or raised text with a lone surrogate: stored as UTF-8 it would fail
+                record = json.loads(json.dumps(record, ensure_ascii=False).encode("utf-8", "replace"))
         except ValueError:
             garbled = True
             continue
@@ -1414,6 +1416,8 @@ def _driver():  # type: ignore[no-untyped-def]  # pragma: no cover - runs in the
         """(json text, None) or (None, why not)."""
         try:
             text = json.dumps(value, allow_nan=False)  # inf and NaN are not JSON: stored, they would turn into null
+            if "\\ud" in text:  # maybe a lone surrogate (chr(0xdcff)): not Unicode, so never storable as UTF-8
+                json.dumps(value, ensure_ascii=False).encode()
         except (TypeError, ValueError, RecursionError, OverflowError) as exc:
             return None, f"not JSON-serialisable ({exc})"
         if len(text) > cfg["max_value_bytes"]:

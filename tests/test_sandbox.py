@@ -499,6 +499,16 @@ def test_call_function_refuses_a_value_that_is_not_json():
     assert result.error.type == "TypeError" and "not JSON-serialisable" in result.error.message
 
 
+def test_lone_surrogates_never_reach_what_is_stored():
+    # chr(0xdcff) (surrogateescape's output) is not Unicode: a str holding one cannot be written as UTF-8.
+    returned = call_function("def f():\n    return 'a' + chr(0xdcff)\n", "f")
+    assert returned.error.type == "TypeError" and "surrogates not allowed" in returned.error.message
+    code = "def f(n):\n    print('x' + chr(0xdcff))\n    if n:\n        raise ValueError(chr(0xdcff))\n    return n\n"
+    report = run_tests(code, "f", [TestCase(name="prints", args={"n": 0}, expected=0), TestCase(name="raises", args={"n": 1})])
+    assert [c.passed for c in report.cases] == [True, False] and report.cases[0].stdout == "x?\n"
+    assert report.model_dump_json() and returned.model_dump_json()  # both raised before
+
+
 def test_printed_fake_result_is_not_taken_as_the_result():
     code = (
         "import sys\n"
