@@ -1653,28 +1653,27 @@ def _driver():  # type: ignore[no-untyped-def]  # pragma: no cover - runs in the
     signal.signal(signal.SIGALRM, on_alarm)
     limit_s = cfg["case_timeout_s"]
 
-    class Capture(io.TextIOBase):
+    class Capture(io.RawIOBase):  # under a text wrapper: code that writes to sys.stdout.buffer works as it does outside tests
         def __init__(self, size):
-            self.parts, self.room, self.dropped = [], size, 0
+            self.kept, self.room, self.dropped = bytearray(), size, 0
 
         def writable(self):
             return True
 
-        def write(self, text):
-            text = str(text)
-            kept = text[: max(self.room, 0)]
-            self.parts.append(kept)
+        def write(self, data):
+            kept = bytes(data[: max(self.room, 0)])
+            self.kept += kept
             self.room -= len(kept)
-            self.dropped += len(text) - len(kept)
-            return len(text)
+            self.dropped += len(data) - len(kept)
+            return len(data)
 
         def value(self):
-            return "".join(self.parts) + (f"\n[... {self.dropped} more characters]" if self.dropped else "")
+            return self.kept.decode("utf-8", "replace") + (f"\n[... {self.dropped} more bytes]" if self.dropped else "")
 
     def case_task(case):
         def task():
             capture = Capture(cfg["case_output_chars"])
-            sys.stdout = capture
+            sys.stdout = io.TextIOWrapper(capture, encoding="utf-8", errors="replace", write_through=True)
             try:
                 function = load()
             except BaseException as exc:

@@ -509,6 +509,13 @@ def test_lone_surrogates_never_reach_what_is_stored():
     assert report.model_dump_json() and returned.model_dump_json()  # both raised before
 
 
+def test_a_case_may_write_bytes_to_stdout_as_the_function_may_outside_tests():
+    code = "import sys\ndef f():\n    sys.stdout.buffer.write(b'raw \\xff\\n')\n    print('text', sys.stdout.encoding)\n    return 1\n"
+    assert call_function(code, "f").value == 1
+    case = run_tests(code, "f", [TestCase(name="bytes", expected=1)]).cases[0]
+    assert case.passed and case.stdout == "raw \ufffd\ntext utf-8\n", case
+
+
 def test_printed_fake_result_is_not_taken_as_the_result():
     code = (
         "import sys\n"
