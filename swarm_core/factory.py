@@ -18,7 +18,8 @@
    test input, so a wrong expected value in a generated test does not throw good code away,
    and a bad repair never replaces better code;
 5. the result is saved as the action's next version (space.py): active, and routable at once,
-   when every test passes; otherwise a draft with its failing report.
+   when every test passes; otherwise a draft with its failing report. The action is the one of
+   the function's name, unless that one takes other arguments: then `name_2` (`_own_id`).
 
 `Functions` bundles the factory and the executor on one LLM session: a node's (so calls are
 budgeted and recorded in its history) or the CLI's.
@@ -380,9 +381,23 @@ def _spec(llm: LLMSession, config: SwarmBlueprint, space: SpaceStore, descriptio
     ident = _ident(spec.entry or (named.group(1) if named else description))
     if ident == ROOT_FOLDER or ident in space.builtins.entries or isinstance(entries.get(ident), FolderSpec):
         ident += "_fn"  # `def root(x)` or a folder's name: the space would refuse the id after all the work
+    ident = _own_id(ident, set(spec.input_schema.get("properties", {})), entries)
     spec = spec.model_copy(update={"id": ident, "name": ident})
     say("spec", {"id": spec.id, "signature": signature(spec), "description": spec.description, "dependencies": spec.dependencies})
     return spec
+
+
+def _own_id(ident: str, params: set[str], entries: dict[str, Any]) -> str:
+    """`ident`, or `ident_2`, `ident_3`, ... when an action of that id takes other arguments: a
+    function with the same name and arguments is a new version of it; with other arguments it is
+    another function, and saving it as a version would change what swarms routing to it run."""
+    candidate, n = ident, 1
+    while (taken := entries.get(candidate)) is not None and not (
+        isinstance(taken, ActionSpec) and set(taken.input_schema.get("properties", {})) == params
+    ):
+        n += 1
+        candidate = f"{ident[: 63 - len(str(n))]}_{n}"  # ids are at most 64 characters
+    return candidate
 
 
 def _tests(llm: LLMSession, config: SwarmBlueprint, description: str, spec: ActionSpec, say: Progress) -> list[TestCase]:

@@ -216,6 +216,25 @@ def test_a_second_creation_is_a_new_version():
     assert engine.actions.load().get("nth_prime").version == 2
 
 
+def test_a_different_function_with_a_taken_name_gets_its_own_id():
+    """Two requests whose code is both `def solve(...)`: the second takes other arguments, so it is
+    another function, saved as `solve_2`; `solve` keeps its code, card and routing."""
+
+    def made(code: str, args: dict, case: dict):
+        spec = {"name": "solve", "description": "solve it", "args": args, "returns": "any"}
+        return scripted({"write_code": {"code": code}, "extract_spec": spec, "write_tests": {"cases": [case]}})
+
+    current = [made("def solve(n: int) -> int:\n    return n * 2\n", {"n": "integer"}, {"name": "a", "args": {"n": 2}, "expected": 4, "assertion": None})]
+    engine = make_engine(lambda *a: current[0](*a))
+    first = engine.functions().create("double n")
+    current[0] = made("def solve(items: list) -> int:\n    return len(items)\n", {"items": "array"}, {"name": "b", "args": {"items": [1, 2]}, "expected": 2, "assertion": None})
+    other = engine.functions().create("count the items")
+    again = engine.functions().create("count the items, again")  # the same arguments: the same function
+    assert (first.spec.id, other.spec.id, again.spec.id) == ("solve", "solve_2", "solve_2")
+    assert (other.spec.version, again.spec.version) == (1, 2) and engine.actions.versions("solve") == [1]
+    assert engine.exec_function("solve", {"n": 5}).result == 10 and engine.exec_function("solve_2", {"items": [1, 2, 3]}).result == 3
+
+
 def test_a_function_named_like_the_root_or_a_folder_is_saved_under_another_id():
     from swarm_core.space import folder
 
