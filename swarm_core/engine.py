@@ -377,8 +377,7 @@ class Engine:
 
     def answer(self, swarm_id: str, node_id: str, text: str) -> None:
         """Deliver the user's answer to a node waiting for it; the node then runs again."""
-        if not isinstance(text, str) or not text.strip():
-            raise SwarmError("the answer is empty")
+        check_text(text, "answer")
         self.header(swarm_id)
         rec, version = self.node(swarm_id, node_id)
         if rec.status != "waiting_user":
@@ -1047,11 +1046,21 @@ def _usage_delta(u: Usage) -> dict[str, int]:
 
 
 def check_goal(goal: Any) -> str:
-    if not isinstance(goal, str) or not goal.strip():
-        raise SwarmError("the goal is empty")
+    check_text(goal, "goal")
     if len(goal) > MAX_GOAL_CHARS:
         raise SwarmError(f"the goal is {len(goal)} characters; the limit is {MAX_GOAL_CHARS}")
     return goal
+
+
+def check_text(text: Any, what: str) -> str:
+    """A user's text (a goal, an answer): refused before anything is stored if no record could hold it."""
+    if not isinstance(text, str) or not text.strip():
+        raise SwarmError(f"the {what} is empty")
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate: valid JSON (\ud800) or undecodable bytes in argv
+        raise SwarmError(f"the {what} is not Unicode text: {exc.reason} at character {exc.start}") from None
+    return text
 
 
 def _order(node_id: str) -> tuple:

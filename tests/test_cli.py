@@ -111,6 +111,7 @@ def test_every_environment_variable_read_is_in_the_readme():
         (["status", "sw_00000000000000000000000000"], 2, "unknown swarm sw_00000000000000000000000000 in file:///"),
         (["run", ""], 2, "the goal is empty"),
         (["run", "x" * 20001], 2, "limit is 20000"),
+        (["run", "a\udcffb"], 2, "the goal is not Unicode text"),  # the byte 0xff in argv: no record could hold it
         (["run", "an unrecorded goal"], 2, "no LLM configured"),
         (["run", DEMO_GOAL, "--budget", "max_nodes=zero"], 2, "--budget wants NAME=N"),
         (["run", DEMO_GOAL, "--budget", "max_nodes=²"], 2, "--budget wants NAME=N"),

@@ -56,6 +56,7 @@ LOAD_GOAL_BAD = [
     ({"goal": 42}, 400, "goal must be a string"),
     ({"goal": "   "}, 400, "the goal is empty"),
     ({"goal": "x" * 20001}, 400, "the limit is 20000"),
+    (b'{"goal": "a\\ud800b"}', 400, "the goal is not Unicode text"),  # valid JSON, but no record could hold it
     ({"goal": "x", "budgets": [1]}, 400, "budgets must be an object of integers"),
     ({"goal": "x", "budgets": []}, 400, "budgets must be an object of integers"),
     ({"goal": "x", "budgets": 0}, 400, "budgets must be an object of integers"),
@@ -98,6 +99,7 @@ def execute_bad(sid: str) -> list:
         ({"swarm_id": sid, "node_id": "root.0.0"}, 400, "missing field(s): answer"),
         ({"swarm_id": sid, "node_id": "root.0.0", "answer": 3}, 400, "answer must be a string"),
         ({"swarm_id": sid, "node_id": "root.0.0", "answer": " "}, 400, "the answer is empty"),
+        ({"swarm_id": sid, "node_id": "root.0.0", "answer": "a\ud800"}, 400, "the answer is not Unicode text"),
         ({"swarm_id": UNKNOWN, "node_id": "root", "answer": "x"}, 404, "unknown swarm"),
         ({"swarm_id": sid, "node_id": "nope.x", "answer": "x"}, 404, "unknown node"),
         ({"swarm_id": sid, "node_id": "../x", "answer": "x"}, 400, "invalid node id"),
