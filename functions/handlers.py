@@ -28,7 +28,10 @@ from swarm_core.models import InvalidId, NodeBlueprint, check_swarm_id
 from swarm_core.runtime import build_engine, llm_source_for
 
 MAX_BODY = 1024 * 1024
-ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 500: "internal"}
+ERRORS = {
+    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
+    413: "payload_too_large", 415: "unsupported_media_type", 500: "internal",
+}  # fmt: skip
 ENV = (
     "SWARM_BLUEPRINT", "SWARM_STORE", "SWARM_MODEL", "SWARM_LLM_MODE", "SWARM_DISPATCHER", "SWARM_DISPATCHER_RUNNER", "SWARM_EXECUTE_NODE_URL",
     "SWARM_TASKS_QUEUE", "SWARM_PUBSUB_TOPIC", "SWARM_AZURE_QUEUE",
@@ -204,6 +207,9 @@ def parse(method: str, body: bytes | None, headers: dict[str, str], *, trusted: 
         raise Rejected(413, f"the body is over {MAX_BODY} bytes")
     if not trusted:
         authenticate(headers)
+        # A browser sends text/plain or a form to any origin without asking first: only JSON may start a swarm.
+        if headers.get("content-type", "").partition(";")[0].strip().lower() != "application/json":
+            raise Rejected(415, f"Content-Type must be application/json, not {headers.get('content-type', '(none)')[:80]!r}")
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -2,8 +2,8 @@
 
 Starts functions-framework twice — `load_goal` on PORT, `execute_node` on PORT+1 — as
 separate processes with the `http` dispatcher, so every node is its own HTTP invocation
-and nothing survives in memory between them: `curl -X POST localhost:PORT -d '{"goal": …}'`
-runs a whole swarm, and `swarm status ID` / `swarm tree ID` show it from the store.
+and nothing survives in memory between them: `curl -X POST localhost:PORT -H 'Content-Type:
+application/json' -d '{"goal": …}'` runs a whole swarm, and `swarm status ID` / `swarm tree ID` show it from the store.
 """
 
 from __future__ import annotations

@@ -118,7 +118,8 @@ def test_a_swarm_runs_through_the_azure_handlers_and_a_real_queue(azurite, stub,
     functions, _ = load_app()
 
     def http(name: str, body, headers=None):
-        req = func.HttpRequest("POST", f"http://localhost/api/{name}", headers=headers or {}, body=body if isinstance(body, bytes) else json.dumps(body).encode())
+        headers = {"Content-Type": "application/json", **(headers or {})}
+        req = func.HttpRequest("POST", f"http://localhost/api/{name}", headers=headers, body=body if isinstance(body, bytes) else json.dumps(body).encode())
         resp = functions[name](req)
         return resp.status_code, json.loads(resp.get_body())
 

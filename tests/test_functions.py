@@ -146,7 +146,7 @@ def test_a_misconfigured_deployment_is_a_500_with_an_incident_and_no_credentials
     monkeypatch.setenv("SWARM_STORE", f"file://{tmp_path}")
     monkeypatch.setenv("SWARM_DISPATCHER", "http")
     monkeypatch.setenv("SWARM_EXECUTE_NODE_URL", "ftp://user:hunter2@example.com/")
-    reply = handlers.load_goal("POST", b'{"goal": "x"}', {})
+    reply = handlers.load_goal("POST", b'{"goal": "x"}', {"Content-Type": "application/json"})
     assert reply.status == 500 and reply.body["error"] == "misconfigured", reply.body
     assert reply.body["detail"].startswith("misconfigured deployment, incident ") and "example.com" not in reply.body["detail"]
     incident = reply.body["detail"].split("incident ")[1].split(":")[0]
@@ -162,6 +162,23 @@ def test_both_entrypoints_want_the_bearer_token(deployed, headers):
     for url, body in ((fns.load_goal, {"goal": "x"}), (fns.execute_node, {"swarm_id": sid, "node_id": "root", "answer": "x"})):
         status, reply = post(url, body, headers)
         assert status == 401 and reply["error"] == "unauthorized", reply
+    assert files(store_dir) == before
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
+def test_a_body_a_browser_could_send_to_any_origin_is_refused(deployed, content_type):
+    """Without a preflight a web page may POST text/plain, a form or no type at all to `swarm serve`
+    on loopback: such a request must not start a swarm (spending the model's tokens) or answer one."""
+    fns, store_dir, sid, _ = deployed
+    before = files(store_dir)
+    for port, body in ((fns.port, {"goal": "x"}), (fns.port + 1, {"swarm_id": sid, "node_id": "root", "answer": "x"})):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {**AUTH, **({"Content-Type": content_type} if content_type else {})}
+        conn.request("POST", "/", json.dumps(body).encode(), headers)
+        resp = conn.getresponse()
+        reply = json.loads(resp.read())
+        assert resp.status == 415 and reply["error"] == "unsupported_media_type", reply
+        assert "Content-Type must be application/json" in reply["detail"]
     assert files(store_dir) == before
 
 
