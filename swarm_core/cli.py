@@ -786,6 +786,8 @@ def cmd_actions_add(args) -> int:
         else:
             if not args.spec:
                 raise UsageError("give --folder, or --spec FILE.json for an action")
+            if args.fallback:
+                raise UsageError("--fallback is a folder's: an action takes none")
             raw = json.loads(_read(args.spec))
             if not isinstance(raw, dict):
                 raise UsageError(f"--spec must hold a JSON object (ActionSpec fields), not {type(raw).__name__}")

@@ -63,6 +63,7 @@ def test_fn_errors_exit_with_clear_codes(tmp_path):
         (["actions", "rm", "write_text"], 2, "write_text is a built-in"),
         (["actions", "add", "x"], 2, "give --folder, or --spec"),
         (["actions", "add", "x", "--folder"], 2, "needs --description"),
+        (["actions", "add", "x", "--spec", "s.json", "--fallback", "write_text"], 2, "--fallback is a folder's"),  # not ignored
         (["actions", "move", "ghost", "software"], 2, "unknown entry 'ghost'"),
     ]:
         proc = swarm(*args, *store)
