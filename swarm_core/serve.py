@@ -36,7 +36,7 @@ def add_serve_parser(subparsers, common: argparse.ArgumentParser) -> argparse.Ar
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, loopback)")
     p.add_argument("--port", type=_port, default=8080, help="load_goal's port; execute_node gets PORT+1 (default 8080)")
-    p.add_argument("--threads", type=int, default=64, help="request threads per function (default 64): one per running node")
+    p.add_argument("--threads", type=_threads, default=64, help="request threads per function (default 64): one per running node")
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -48,6 +48,16 @@ def _port(text: str) -> int:
 
 
 _port.__name__ = "PORT"  # argparse names the type in its messages
+
+
+def _threads(text: str) -> int:
+    # a manager holds its request thread while its children's deliveries need another one
+    if not (text.isascii() and text.isdigit() and 2 <= int(text) <= 100_000):
+        raise argparse.ArgumentTypeError(f"wants at least 2 threads (a manager waits on one for its children's), got {text[:40]!r}")
+    return int(text)
+
+
+_threads.__name__ = "N"
 
 
 def main_source() -> Path:

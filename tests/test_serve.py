@@ -344,6 +344,8 @@ def test_swarm_serve_refuses_a_port_in_use_before_starting_anything(tmp_path):
 @pytest.mark.parametrize(("args", "needle"), [
     (["--port", "65535"], "argument --port: wants a port from 1 to 65534 (execute_node takes PORT+1), got '65535'"),
     (["--port", "0"], "argument --port: wants a port from 1 to 65534"),
+    (["--threads", "1"], "argument --threads: wants at least 2 threads"),  # gunicorn took 0, 1 or -1: a wedged execute_node
+    (["--threads", "-4"], "argument --threads: wants at least 2 threads"),
     (["--js"], "unrecognized arguments: --js"),  # no abbreviations, as in every other command
 ])
 def test_swarm_serve_refuses_bad_arguments_before_starting_anything(args, needle):
