@@ -19,7 +19,8 @@
 #   SWARM_MODEL       model name [gpt-4o-mini]
 #   OPENAI_API_KEY    set as an app setting when given (better: a Key Vault reference,
 #                     OPENAI_API_KEY=@Microsoft.KeyVault(SecretUri=...)) [unset]
-#   AZURE_OPENAI_ENDPOINT  an Azure OpenAI endpoint instead (blueprint llm.provider = "azure") [unset]
+#   AZURE_OPENAI_ENDPOINT  an Azure OpenAI endpoint instead; the functions run blueprints/default, so set
+#                          its [llm] provider = "azure" and model = the deployment name first [unset]
 #   AZURE_OPENAI_API_KEY   its key, required with AZURE_OPENAI_ENDPOINT (a Key Vault reference is better) [unset]
 #   SWARM_API_TOKEN   bearer token both HTTP triggers require on top of the function key [unset]
 #   DRY_RUN           1: print every command, run none [0]
