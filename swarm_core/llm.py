@@ -352,7 +352,7 @@ class OpenAITransport:
         s = settings
         if s.provider == "azure":
             self._connect = {
-                "azure_endpoint": s.base_url or os.environ.get("AZURE_OPENAI_ENDPOINT"),
+                "azure_endpoint": os.environ.get("AZURE_OPENAI_ENDPOINT") or s.base_url,  # the environment wins, as for OpenAI
                 "api_version": os.environ.get("OPENAI_API_VERSION", s.azure_api_version),
                 "max_retries": 0,  # retried in `_create`
                 "timeout": s.timeout_s,

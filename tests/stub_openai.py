@@ -8,12 +8,17 @@ Works with the real ``openai.OpenAI(base_url=stub.base_url, api_key="test")`` cl
         ...
         assert len(stub.requests) == 2
 
-Scripted replies are consumed FIFO, one per ``POST /v1/chat/completions``; when the
+Azure OpenAI's route, ``POST /openai/deployments/NAME/chat/completions?api-version=...``, is
+served the same way (``openai.AzureOpenAI(azure_endpoint=stub.root, ...)``); ``stub.paths`` and
+``stub.api_keys`` keep each request's path and ``api-key`` header.
+
+Scripted replies are consumed FIFO, one per chat completion request; when the
 queue is empty ``responder(request_json) -> Reply`` is called (default: ``Reply(content="ok")``).
 """
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -76,6 +81,8 @@ class StubOpenAI:
         self.responder = responder or (lambda req: Reply(content="ok"))
         self.requests: list[dict] = []
         self.authorizations: list[str | None] = []  # each request's Authorization header, in order
+        self.paths: list[str] = []  # each request's path, query included
+        self.api_keys: list[str | None] = []  # each request's api-key header (Azure's)
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -125,7 +132,9 @@ class StubOpenAI:
 
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path.rstrip("/") != "/v1/chat/completions":
+                route = self.path.partition("?")[0].rstrip("/")
+                azure = re.fullmatch(r"/openai/deployments/[^/]+/chat/completions", route)
+                if route != "/v1/chat/completions" and not azure:
                     return self._send(404, {"error": {"message": f"no route {self.path}",
                                                       "type": "not_found_error", "code": "404"}})
                 try:
@@ -133,6 +142,9 @@ class StubOpenAI:
                 except json.JSONDecodeError as e:
                     return self._send(400, {"error": {"message": f"bad JSON: {e}",
                                                       "type": "invalid_request_error", "code": "400"}})
+                with stub._lock:
+                    stub.paths.append(self.path)
+                    stub.api_keys.append(self.headers.get("api-key"))
                 r = stub._next(req, self.headers.get("Authorization"))
                 if r.delay_s:
                     time.sleep(r.delay_s)
@@ -141,7 +153,8 @@ class StubOpenAI:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        self.root = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.base_url = f"{self.root}/v1"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self

@@ -263,6 +263,18 @@ def test_an_unreachable_server_is_named_without_its_credentials(monkeypatch, url
     assert "hunter2" not in str(err.value)
 
 
+def test_azure_goes_to_the_endpoint_the_environment_names_over_the_blueprints(stub, monkeypatch):
+    """AZURE_OPENAI_ENDPOINT overrides `[llm] base_url` as OPENAI_BASE_URL does for OpenAI, and
+    as `llm_configured` reads it; the request takes Azure's route with the deployment and key."""
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", stub.root)
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-key-1")
+    stub.queue(Reply(content='{"answer": "yes", "n": 3}'))
+    s = session(stub, provider="azure", base_url="http://127.0.0.1:9", model="my-deployment", max_retries=0)
+    assert s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA) == {"answer": "yes", "n": 3}
+    assert stub.paths[0].startswith("/openai/deployments/my-deployment/chat/completions?api-version=")
+    assert stub.api_keys == ["azure-key-1"]
+
+
 def test_a_key_the_server_echoes_in_its_error_is_kept_out_of_the_message(stub, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
     stub.queue(Reply(status=401, body=json.dumps({"error": {"message": "Incorrect API key provided: sk-test-0123456789abcdef."}})))
