@@ -27,6 +27,7 @@ from rich.tree import Tree
 
 from .actions import ActionError, ActionSpec, FolderSpec
 from .config import ConfigError
+from .dispatchers import RemoteDispatcher
 from .engine import CorruptRecord, Engine, SwarmError, UnknownSwarm, check_goal
 from .executor import FunctionError
 from .factory import Functions
@@ -64,10 +65,15 @@ class UsageError(Exception):
 
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM while a swarm ran here: nothing new was started, what was running
-    finished its step. `code` is 128 + the signal's number, as a shell reports it."""
+    finished its step. `code` is 128 + the signal's number, as a shell reports it. With a
+    `remote` dispatcher the nodes run elsewhere: this process only stops following them."""
 
-    def __init__(self, swarm_id: str, code: int):
-        super().__init__(f"interrupted; `swarm resume {swarm_id}` finishes the swarm")
+    def __init__(self, swarm_id: str, code: int, remote: bool = False):
+        super().__init__(
+            f"stopped following the swarm; it goes on where its nodes run (`swarm status {swarm_id}`)"
+            if remote
+            else f"interrupted; `swarm resume {swarm_id}` finishes the swarm"
+        )
         self.swarm_id, self.code = swarm_id, code
 
 
@@ -332,7 +338,7 @@ def _drive(engine: Engine, swarm_id: str, args, label: str = "") -> dict[str, An
     except KeyboardInterrupt as exc:
         code = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
         _stop(engine, swarm_id, args, code)
-        raise Interrupted(swarm_id, code) from None
+        raise Interrupted(swarm_id, code, remote=isinstance(engine.dispatcher, RemoteDispatcher)) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -358,10 +364,9 @@ def _stop(engine: Engine, swarm_id: str, args, code: int) -> None:
 
 
 def _watch(engine: Engine, swarm_id: str, args, label: str) -> dict[str, Any]:
-    dispatcher = engine.dispatcher
     if args.json or not err.is_terminal:
         seen: dict[str, str] = {}
-        while not dispatcher.wait(timeout=0.5):
+        while not _settled(engine, swarm_id, 0.5):
             if not args.json:
                 _print_changes(engine, swarm_id, seen)
         if not args.json:
@@ -369,10 +374,22 @@ def _watch(engine: Engine, swarm_id: str, args, label: str) -> dict[str, Any]:
     else:
         title = f"[bold]{swarm_id}[/] {label}"
         with Live(render_tree(engine.nodes(swarm_id), title), console=err, refresh_per_second=4) as live:
-            while not dispatcher.wait(timeout=0.3):
+            while not _settled(engine, swarm_id, 0.3):
                 live.update(render_tree(engine.nodes(swarm_id), title))
             live.update(render_tree(engine.nodes(swarm_id), title))
     return engine.status(swarm_id)
+
+
+def _settled(engine: Engine, swarm_id: str, timeout: float) -> bool:
+    """Waits up to `timeout`: True once nothing more happens for this process to show. That is
+    when the local dispatcher is idle; a remote one hands nodes to functions that write to the
+    same store, so then it is when the swarm no longer runs (done, failed, or waiting for the user)."""
+    if not engine.dispatcher.wait(timeout=timeout):
+        return False
+    if not isinstance(engine.dispatcher, RemoteDispatcher) or engine.status(swarm_id)["status"] != "running":
+        return True
+    time.sleep(timeout)
+    return False
 
 
 def _print_changes(engine: Engine, swarm_id: str, seen: dict[str, str]) -> None:

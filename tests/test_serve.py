@@ -287,11 +287,42 @@ def test_sigkill_of_execute_node_mid_swarm_then_resume_finishes(stub, tmp_path):
         stuck = json.loads(swarm_cli("status", sid, "--json", "--store", store).stdout)
         assert stuck["status"] == "running" and stuck["by_status"].get("running") == 4, stuck
         resumed = swarm_cli("resume", sid, "--json", "--store", store, env={**env, "SWARM_DISPATCHER": "http", "SWARM_EXECUTE_NODE_URL": fns.execute_node})
-        assert resumed.returncode in (0, 1), resumed.stderr
+        assert resumed.returncode == 0 and json.loads(resumed.stdout)["status"] == "done", resumed.stderr  # it followed the swarm to its end
         final = wait_status(store, sid)
     assert final["status"] == "done" and final["by_status"] == {"done": 6}, final
     assert schema_counts(stub)["write_text"] == 8  # at-least-once: the four killed runs ran again, nothing more
     assert schema_counts(stub)["supervise"] == 1 and schema_counts(stub)["break_down_goal"] == 1
+
+
+def test_swarm_run_through_a_remote_dispatcher_follows_the_swarm_to_its_end(stub, tmp_path):
+    """The nodes run in the functions, not in `swarm run`: it hands the root over, then follows
+    the store until the swarm ends, and exits as for a local run."""
+    slow_writers(stub, parts=2, delay_s=1.0)
+    store = f"file://{tmp_path / 'store'}"
+    env = {"SWARM_STORE": store, "OPENAI_BASE_URL": stub.base_url}
+    with Functions(tmp_path, env) as fns:
+        run = swarm_cli("run", "Write two parts", "--json", env={**env, "SWARM_DISPATCHER": "http", "SWARM_EXECUTE_NODE_URL": fns.execute_node})
+        ran_here = fns.invocations(0)
+        # Ctrl-C stops following, not the swarm: it ends in the functions all the same.
+        stub.requests.clear()
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "swarm_core.cli", "run", "Write two more parts", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env={**CLEAN_ENV, **env, "SWARM_DISPATCHER": "http", "SWARM_EXECUTE_NODE_URL": fns.execute_node},
+        )  # fmt: skip
+        deadline = time.time() + 30
+        while schema_counts(stub).get("write_text", 0) < 2:
+            assert time.time() < deadline, f"children never started: {schema_counts(stub)}"
+            time.sleep(0.05)
+        watcher.send_signal(signal.SIGINT)
+        stdout, _ = watcher.communicate(timeout=60)
+        stopped = json.loads(stdout)
+        final = wait_status(store, stopped["swarm_id"])
+    out = json.loads(run.stdout)
+    assert run.returncode == 0 and out["status"] == "done" and len(out["nodes"]) == 4, (run.returncode, run.stderr)
+    assert {x["node_id"] for x in ran_here} >= {"root", "root.0.0", "root.0.1", "root.1.0"}  # every node ran in the function
+    assert watcher.returncode == 130 and "it goes on where its nodes run" in stopped["error"], stopped
+    assert final["status"] == "done" and final["nodes"] == 4, final
 
 
 def test_swarm_serve_prints_both_urls_runs_a_goal_and_stops_both(stub, tmp_path):
