@@ -9,6 +9,7 @@ most `max_repairs` times, and keeps every request/response for history and repla
 from __future__ import annotations
 
 import email.utils
+import importlib
 import itertools
 import json
 import math
@@ -337,6 +338,17 @@ class LLMSession:
 # --- transports -----------------------------------------------------------------
 
 _CLIENTS: dict[tuple, Any] = {}
+_SDK_IMPORTED = False
+
+
+def _import_sdk() -> None:
+    """The first `import openai` of a process takes about half a second: made through
+    `cooperative.blocking`, so on the greenlet runner it holds a pool thread, not the loop every
+    node runs on. A flag, not `sys.modules`: the module is there before its import has ended."""
+    global _SDK_IMPORTED
+    if not _SDK_IMPORTED:
+        cooperative.blocking(importlib.import_module, "openai")
+        _SDK_IMPORTED = True
 AZURE_CREDENTIALS = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN")  # what the Azure SDK reads: one of them is needed
 
 
@@ -346,6 +358,7 @@ class OpenAITransport:
     answer is (the SDK's own retries, off here, also retry 408, 409 and any `x-should-retry`)."""
 
     def __init__(self, settings: LLMSettings):
+        _import_sdk()
         self.settings = settings
         # Where and how to connect, read from the settings and the environment once: the
         # blocking client and the greenlet runner's async clients all use the same server.

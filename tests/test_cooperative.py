@@ -7,6 +7,9 @@ import asyncio
 import functools
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -89,6 +92,49 @@ def test_the_openai_sdk_over_http_is_awaited_on_the_loop_with_no_thread_per_pend
     assert len(stub.requests) == leaves + 2  # plan, the leaves, supervisor
     assert not engine.dispatcher._pool._threads  # no call ever went to a pool thread: all were awaited on the loop
     engine.dispatcher.close()
+
+
+def test_the_first_import_of_the_openai_sdk_is_made_off_the_loop():
+    """A fresh process: the SDK's import (about half a second) must not stall every node on the
+    loop, nor set off the runner's "kept the loop" warning against the node that made it."""
+    script = textwrap.dedent(
+        """
+        import json, sys, threading, uuid
+        sys.path.insert(0, "tests")
+        where = []
+
+        class Spy:  # notes the thread that imports the SDK, imports nothing itself
+            def find_spec(self, name, path=None, target=None):
+                if name == "openai":
+                    where.append(threading.current_thread().name)
+
+        sys.meta_path.insert(0, Spy())
+        from scripted import default_responder
+        from stub_openai import Reply, StubOpenAI
+        from swarm_core.config import load_blueprint
+        from swarm_core.dispatch import CooperativeDispatcher
+        from swarm_core.engine import Engine
+
+        script = default_responder(subtasks=["a", "b"])
+        def respond(req):
+            form = req["response_format"]["json_schema"]
+            return Reply(content=json.dumps(script(req["messages"], form["name"], form["schema"], "")))
+
+        with StubOpenAI(respond) as stub:
+            bp = load_blueprint()
+            bp.stores.state = f"memory://{uuid.uuid4().hex}"
+            bp.llm = bp.llm.model_copy(update={"base_url": stub.base_url, "model": "stub-model"})
+            engine = Engine(bp, dispatcher=CooperativeDispatcher(4))
+            assert "openai" not in sys.modules
+            sid, _ = engine.load_goal("Do two things")
+            assert engine.dispatcher.wait(60)
+            print(json.dumps({"status": engine.status(sid)["status"], "where": where, "loop": engine.dispatcher._loop_thread.name}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "done" and out["where"] and out["loop"] not in out["where"], out
 
 
 def test_an_http_error_on_the_loop_fails_the_node_naming_the_server(stub):
