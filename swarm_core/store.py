@@ -209,8 +209,9 @@ def open_store(spec: str) -> Store:
             if ep.name == scheme:
                 target = ep.value
                 break
-    if target is None:
-        raise StoreError(
-            f"unknown storage scheme {scheme!r} in {spec!r}; known: {', '.join(sorted(BACKENDS))}"
-        )
+    if target is None:  # the spec is not echoed: `scheme://user:password@host` holds a secret
+        raise StoreError(f"unknown storage scheme {scheme!r}; known: {', '.join(sorted(BACKENDS))}")
+    if target.partition(":")[0] in EXTRAS and "@" in rest.partition("/")[0]:  # no cloud names a bucket with "@"
+        raise StoreError(f"a {scheme}:// URI takes no credentials (it is not echoed here): "
+                         "give them in the environment, as the backend's documentation says")
     return _load(target)(rest)

@@ -311,6 +311,16 @@ def test_a_bucket_uri_without_a_bucket_is_refused(uri):
         open_store(uri)
 
 
+@pytest.mark.parametrize("uri", ["s3://AKIAEXAMPLE:hunter2@bucket/run", "gs://user:hunter2@bucket",
+                                 "az://account:hunter2@container/run", "firestore://user:hunter2@project/col",
+                                 "postgres://admin:hunter2@db/swarm", "redis://:hunter2@cache"])
+def test_credentials_in_a_uri_are_never_echoed(uri):
+    # every later message names the store by its URI: a password in it would reach logs and HTTP answers
+    with pytest.raises(StoreError) as err:
+        open_store(uri)
+    assert "hunter2" not in str(err.value)
+
+
 def test_open_store_picks_the_backend_by_uri(store_uri):
     scheme = store_uri.partition("://")[0]
     opened = open_store(store_uri)
