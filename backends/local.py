@@ -50,6 +50,15 @@ def _read_file(path: str) -> bytes:
         os.close(fd)
 
 
+def _open(path: str, flags: int) -> int:
+    """os.open, making the file's folder when it is missing: new, or removed since this store wrote there."""
+    try:
+        return os.open(path, flags | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, flags | os.O_CLOEXEC, 0o644)
+
+
 def _os_errors(doing: str):
     """A method whose OSError (no permission, a full disk, a file where a folder must be) leaves
     as a StoreError naming the store and the key, like every other backend's failures."""
@@ -79,19 +88,12 @@ class FileStore(Store):
         self.root = os.path.abspath(os.path.expanduser(path or "./.swarm"))
         self.uri = f"file://{self.root}"
         self.fs = fsspec.filesystem("file")
-        self._made: set[str] = set()
         # The root is made by the first write: a read of a mistyped path must not create it.
         if os.path.lexists(self.root) and not os.path.isdir(self.root):
             raise StoreError(f"store folder {self.root} is not a folder")
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, check_key(key))
-
-    def _dir(self, path: str) -> None:
-        folder = os.path.dirname(path)
-        if folder not in self._made:
-            os.makedirs(folder, exist_ok=True)
-            self._made.add(folder)
 
     @_os_errors("read")
     def read(self, key: str) -> bytes:
@@ -102,9 +104,8 @@ class FileStore(Store):
 
     def _aside(self, path: str, data: bytes) -> str:
         """Write `data` to a temporary file beside `path`; return its name."""
-        self._dir(path)
         tmp = f"{path}~{os.getpid()}.{threading.get_ident()}"  # "~": a name no key can have
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = _open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             view = memoryview(data)
             while view:
@@ -134,9 +135,7 @@ class FileStore(Store):
         """An exclusive flock on the key's stripe. flock belongs to the open file, so threads
         of one process exclude each other too (each opens its own)."""
         stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=2).digest(), "big") % STRIPES
-        path = os.path.join(self.root, LOCKS, str(stripe))
-        self._dir(path)
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        fd = _open(os.path.join(self.root, LOCKS, str(stripe)), os.O_CREAT | os.O_RDWR)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
 

@@ -8,6 +8,7 @@ emulator); the emulators start once per session, when first needed.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -77,6 +78,18 @@ def test_file_store_never_lists_a_dead_writers_temporary_files(tmp_path):
     (tmp_path / "a" / "k.json~123.456").write_bytes(b"{tor")  # killed between write and rename
     (tmp_path / "a" / "k.json.123.456.tmp").write_bytes(b"{tor")  # the same, named by older versions
     assert store.list("a/") == ["a/k.json"] and store.read("a/k.json") == b"1"
+
+
+def test_file_store_writes_on_after_its_folders_were_removed(tmp_path):
+    # a long-lived process (swarm serve) must not keep believing a folder it once made is there
+    store = open_store(f"file://{tmp_path / 'store'}")
+    store.write("swarms/x/k", b"1")
+    assert store.swap("swarms/x/k", b"2", store.version("swarms/x/k"))
+    shutil.rmtree(tmp_path / "store")
+    store.write("swarms/x/k", b"3")
+    assert store.create("swarms/x/j", b"4")
+    assert store.swap("swarms/x/k", b"5", store.version("swarms/x/k"))
+    assert store.list("") == ["swarms/x/j", "swarms/x/k"] and store.read("swarms/x/k") == b"5"
 
 
 def test_missing_keys_raise_key_not_found(store):
