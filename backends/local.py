@@ -103,13 +103,17 @@ class FileStore(Store):
             raise KeyNotFound(f"{key} not found in {self.uri}") from None
 
     def _aside(self, path: str, data: bytes) -> str:
-        """Write `data` to a temporary file beside `path`; return its name."""
+        """Write `data` to a temporary file beside `path`; return its name. A failed write (a full
+        disk) removes what it wrote, so retries do not fill the disk with temporary files."""
         tmp = f"{path}~{os.getpid()}.{threading.get_ident()}"  # "~": a name no key can have
         fd = _open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+        except BaseException:
+            os.unlink(tmp)
+            raise
         finally:
             os.close(fd)
         return tmp
@@ -117,7 +121,12 @@ class FileStore(Store):
     @_os_errors("write")
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        os.replace(self._aside(path, data), path)
+        tmp = self._aside(path, data)
+        try:
+            os.replace(tmp, path)
+        except BaseException:  # a folder in the key's place: its temporary file must not stay behind
+            os.unlink(tmp)
+            raise
 
     @_os_errors("create")
     def create(self, key: str, data: bytes) -> bool:

@@ -80,6 +80,31 @@ def test_file_store_never_lists_a_dead_writers_temporary_files(tmp_path):
     assert store.list("a/") == ["a/k.json"] and store.read("a/k.json") == b"1"
 
 
+def test_file_store_write_on_a_full_disk_names_the_key_and_leaves_no_temporary_file(tmp_path):
+    # A file size limit fails os.write as a full disk does (EFBIG for ENOSPC), in a child: the
+    # limit must not reach pytest's own files. Each key's retries used to leave a temporary file.
+    code = ("import resource, signal, sys; from swarm_core.store import open_store, StoreError\n"
+            "store = open_store(sys.argv[1]); store.write('a/k', b'old')\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+            "for op, key in ((store.write, 'a/k'), (store.write, 'a/new'), (store.create, 'a/made')):\n"
+            "    try: op(key, b'x' * 10000)\n"
+            "    except StoreError as exc: print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code, f"file://{tmp_path}"], capture_output=True, text=True,
+                         timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=True)
+    assert [line.split(" in file://")[0] for line in out.stdout.splitlines()] == \
+        ["cannot write a/k", "cannot write a/new", "cannot create a/made"], out.stdout + out.stderr
+    assert sorted(os.listdir(tmp_path / "a")) == ["k"]
+    assert open_store(f"file://{tmp_path}").read("a/k") == b"old"
+
+
+def test_file_store_a_failed_rename_leaves_no_temporary_file(tmp_path):
+    store = open_store(f"file://{tmp_path}")
+    store.write("dir/file", b"1")
+    with pytest.raises(StoreError, match="cannot write dir in file://"):
+        store.write("dir", b"a folder is in its place")
+    assert sorted(os.listdir(tmp_path)) == ["dir"]
+
+
 def test_file_store_writes_on_after_its_folders_were_removed(tmp_path):
     # a long-lived process (swarm serve) must not keep believing a folder it once made is there
     store = open_store(f"file://{tmp_path / 'store'}")
