@@ -9,6 +9,7 @@ creates a bucket, and sends one conditional put (translating its SDK's answer in
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from abc import abstractmethod
@@ -18,6 +19,9 @@ from swarm_core.store import KeyNotFound, Store, StoreError, check_key, check_pr
 
 WRITER = "swarmwriter"  # metadata naming the call that wrote an object: a retried conditional put knows its own
 TRANSIENT = {408, 429, 500, 502, 503, 504}
+# What a version token can be: printable ASCII but space and "*". An If-Match of "*" (Azure) or ""
+# (S3 sends none) would match any object, and a swap of a token no store issued must simply lose.
+_TOKEN = re.compile(r"[!-)+-~]+")
 
 
 def brief(exc: BaseException) -> str:
@@ -188,6 +192,9 @@ class BucketStore(Store):
         return self._put_if("create", key, data, None)
 
     def swap(self, key: str, data: bytes, expected_version: str) -> bool:
+        if not _TOKEN.fullmatch(expected_version):
+            check_key(key)
+            return False
         return self._put_if("swap", key, data, expected_version)
 
     def _put_if(self, op: str, key: str, data: bytes, expected: str | None) -> bool:

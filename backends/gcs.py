@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from urllib.parse import quote
 
@@ -86,10 +87,9 @@ class GCSStore(BucketStore):
         return (blob.metadata or {}) if blob is not None else {}
 
     def _put(self, name: str, data: bytes, metadata: dict, expected: str | None) -> None:
-        try:
-            generation = 0 if expected is None else int(expected)
-        except ValueError:
-            raise Lost() from None  # not a generation: it cannot match
+        if expected is not None and not re.fullmatch(r"[1-9][0-9]*", expected):
+            raise Lost()  # not a generation ("0" would mean "if absent"): it cannot match
+        generation = int(expected or 0)
         boundary = uuid.uuid4().hex
         while boundary.encode() in data:
             boundary = uuid.uuid4().hex

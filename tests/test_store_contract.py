@@ -183,6 +183,15 @@ def test_versions_change_on_write_and_guard_swap(store):
     assert store.read("v") == b"three"
 
 
+def test_a_swap_from_a_token_no_store_issued_never_writes(store):
+    # "" made S3 send no If-Match, "*" made Azure match any object, "0"/"00" made GCS create if absent
+    store.write("there", b"kept")
+    for token in ("", " ", "*", '"*"', "0", "00", "-1", "\n", "é"):
+        for key in ("there", "absent"):
+            assert store.swap(key, b"overwritten", token) is False, (token, key)
+    assert store.read("there") == b"kept" and store.list("") == ["there"]
+
+
 def test_ten_mib_object_round_trip(store):
     big = os.urandom(10 * MIB) + b"tail"
     store.write("blobs/big.bin", big)
