@@ -102,7 +102,44 @@ def test_file_store_a_failed_rename_leaves_no_temporary_file(tmp_path):
     store.write("dir/file", b"1")
     with pytest.raises(StoreError, match="cannot write dir in file://"):
         store.write("dir", b"a folder is in its place")
-    assert sorted(os.listdir(tmp_path)) == ["dir"]
+    assert [name for name in os.listdir(tmp_path) if name.startswith("dir")] == ["dir"]
+
+
+@pytest.mark.parametrize("op", ["write", "delete"])
+def test_file_store_a_write_never_lands_between_a_swaps_check_and_its_rename(tmp_path, monkeypatch, op):
+    # The swap checks the version, then another thread's write (or delete) is let in: it lands, or
+    # waits on the swap's lock. Then the swap renames: the write must not be the one that is lost.
+    import fcntl
+
+    import backends.local
+
+    store = open_store(f"file://{tmp_path}")
+    store.write("k", b"old")
+    version = store.version("k")
+    writer_in = threading.Event()
+    real_flock, real_version = fcntl.flock, type(store).version
+
+    def flock(fd, op):
+        if threading.current_thread() is writer and op == fcntl.LOCK_EX:
+            writer_in.set()  # about to wait for the swap's lock
+        return real_flock(fd, op)
+
+    def write():
+        store.write("k", b"written") if op == "write" else store.delete("k")
+        writer_in.set()
+
+    def version_then_let_the_writer_in(self, key):
+        current = real_version(self, key)
+        writer.start()
+        writer_in.wait()
+        return current
+
+    writer = threading.Thread(target=write)
+    monkeypatch.setattr(backends.local.fcntl, "flock", flock)
+    monkeypatch.setattr(type(store), "version", version_then_let_the_writer_in)
+    swapped = store.swap("k", b"swapped", version)
+    writer.join()
+    assert swapped and (store.read("k") == b"written" if op == "write" else not store.exists("k"))
 
 
 def test_file_store_writes_on_after_its_folders_were_removed(tmp_path):
