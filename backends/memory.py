@@ -28,7 +28,7 @@ from io import BytesIO
 import fsspec
 from fsspec.implementations.memory import MemoryFile
 
-from swarm_core.store import KeyNotFound, Store, check_key, check_prefix
+from swarm_core.store import KeyNotFound, Store, StoreError, check_key, check_prefix
 
 STRIPES = 64
 # Per store name, shared by every MemoryStore of that name. Filled with dict.setdefault, which is
@@ -54,6 +54,8 @@ class MemoryStore(Store):
 
     def __init__(self, name: str = "swarm"):
         self.name = (name or "swarm").strip("/")
+        if "/" in self.name:  # memory://a/b's objects would be memory://a's keys under b/, unlisted and unlocked
+            raise StoreError(f"memory store name {self.name!r}: a name is one word, without '/'")
         self.uri = f"memory://{self.name}"
         self.fs = fsspec.filesystem("memory")
         self._objects = self.fs.store  # fsspec's own dict: "/NAME/KEY" -> MemoryFile

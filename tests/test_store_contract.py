@@ -405,6 +405,14 @@ def test_credentials_in_a_uri_are_never_echoed(uri):
     assert "hunter2" not in str(err.value)
 
 
+def test_memory_stores_never_nest():
+    # memory://t/sub wrote where memory://t keeps sub/k, so memory://t read it but never listed it,
+    # and the two took different locks for it: two creates could both win
+    with pytest.raises(StoreError, match="without '/'"):
+        open_store("memory://t/sub")
+    assert open_store("memory://t/").uri == "memory://t"
+
+
 def test_open_store_picks_the_backend_by_uri(store_uri):
     scheme = store_uri.partition("://")[0]
     opened = open_store(store_uri)
