@@ -15,7 +15,14 @@ import uuid
 from abc import abstractmethod
 from typing import Any, ClassVar
 
-from swarm_core.store import KeyNotFound, Store, StoreError, check_key, check_prefix
+from swarm_core.store import (
+    KeyNotFound,
+    Store,
+    StoreError,
+    check_key,
+    check_prefix,
+    is_key,
+)
 
 WRITER = "swarmwriter"  # metadata naming the call that wrote an object: a retried conditional put knows its own
 TRANSIENT = {408, 429, 500, 502, 503, 504}
@@ -171,7 +178,7 @@ class BucketStore(Store):
                 return []
             raise self._fail("list", prefix, exc) from exc
         cut = len(self.prefix) + 1 if self.prefix else 0
-        return sorted(name[cut:] for name in names)
+        return sorted(key for name in names if is_key(key := name[cut:]))
 
     # -- versions and conditional writes: the cloud's SDK
     def version(self, key: str) -> str:

@@ -23,7 +23,14 @@ from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from swarm_core.store import KeyNotFound, Store, StoreError, check_key, check_prefix
+from swarm_core.store import (
+    KeyNotFound,
+    Store,
+    StoreError,
+    check_key,
+    check_prefix,
+    is_key,
+)
 
 CHUNK = 1_000_000  # bytes per document, under the 1 MiB document limit with room for the name
 CHUNKS_PER_COMMIT = 3  # a commit stays under 4 MiB: the emulator's gRPC cap (Firestore's is 10 MiB)
@@ -212,7 +219,7 @@ class FirestoreStore(Store):
             query = query.where(filter=FieldFilter("__name__", ">=", self.col.document(low))) \
                          .where(filter=FieldFilter("__name__", "<", self.col.document(high)))
         try:
-            return sorted(_key(snap.id) for snap in query.select([]).stream())
+            return sorted(key for snap in query.select([]).stream() if is_key(key := _key(snap.id)))
         except gexc.GoogleAPIError as exc:
             raise self._fail("list", prefix, exc) from exc
 

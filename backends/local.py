@@ -27,7 +27,7 @@ import threading
 
 import fsspec
 
-from swarm_core.store import KeyNotFound, Store, StoreError, check_key, check_prefix
+from swarm_core.store import KeyNotFound, Store, StoreError, check_key, check_prefix, is_key
 
 
 LOCKS = "~locks"  # "~" is not allowed in keys (store.check_key): never listed, never a key
@@ -193,11 +193,11 @@ class FileStore(Store):
             return
         with entries:
             for entry in entries:
-                if entry.name == LOCKS:
+                if not is_key(entry.name):  # ~locks, a temporary KEY~PID.THREAD, a name no key has
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     self._scan(entry.path, f"{rel}{entry.name}/", keys)
-                elif "~" not in entry.name and not _OLD_TMP.search(entry.name):  # temporary files
+                elif not _OLD_TMP.search(entry.name):  # a temporary file of versions before "~"
                     keys.append(rel + entry.name)
 
     @_os_errors("delete")

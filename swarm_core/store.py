@@ -31,9 +31,15 @@ class KeyNotFound(StoreError, KeyError):
         return self.args[0] if self.args else "key not found"
 
 
+def is_key(key: str) -> bool:
+    """Whether `check_key` accepts `key`. Listings skip other names: a bucket console's folder
+    placeholder `a/b/`, a stray file `notes 1.txt`, would be listed but could never be read."""
+    return _KEY.fullmatch(key) is not None
+
+
 def check_key(key: str) -> str:
     """Reject keys that could escape the store's root (`..`, absolute, empty segments)."""
-    if not _KEY.fullmatch(key):
+    if not is_key(key):
         raise StoreError(f"invalid storage key {key!r}")
     return key
 

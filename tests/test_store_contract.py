@@ -183,6 +183,33 @@ def test_unicode_content_and_deep_keys(store):
     assert store.list("level0/level1/x/") == []
 
 
+def _put_beside_the_store(store, name: str) -> None:
+    """An object the store did not write, named `name` under its root: by a console, a sync tool, a user."""
+    scheme = store.uri.partition("://")[0]
+    full = f"{store.prefix}/{name}" if getattr(store, "prefix", "") else name
+    if scheme == "file":
+        os.makedirs(os.path.dirname(os.path.join(store.root, name)), exist_ok=True)
+        if not name.endswith("/") and "//" not in name:  # neither can be a file's name
+            with open(os.path.join(store.root, name), "wb"):
+                pass
+    elif scheme == "s3":
+        store.client.put_object(Bucket=store.bucket_name, Key=full, Body=b"")
+    elif scheme == "gs":
+        store.bucket.blob(full).upload_from_string(b"")
+    elif scheme == "az":
+        store.container.get_blob_client(full).upload_blob(b"")
+    elif scheme == "firestore":
+        store.col.document(name.replace("/", "|")).set({"data": b"", "chunks": 0, "writer": "other"})
+
+
+def test_list_skips_names_that_are_not_keys(store):
+    # a console's "create folder" makes `odd/folder/`: listed, every reader of the listing failed on it
+    store.write("odd/ok", b"1")
+    for name in ("odd/folder/", "odd//double", "odd/with space", "odd/notes~1"):
+        _put_beside_the_store(store, name)
+    assert store.list("odd/") == ["odd/ok"] and store.list("") == ["odd/ok"]
+
+
 def test_invalid_keys_are_rejected(store):
     store.write("ok", b"1")
     for bad in ("../x", "a/../../x", "/abs", "a//b", "./a", "a/", "", "a b", "a\\b", "..", "é"):
