@@ -75,6 +75,8 @@ class BucketStore(Store):
             raise StoreError(f"the {self.label} store needs a {self.kind}: "
                              f"{self.scheme}://{self.kind.upper()}/PREFIX")
         self.uri = f"{self.scheme}://{self.bucket_name}/{self.prefix}".rstrip("/")
+        if {"", ".", ".."} & set(self.prefix.split("/")) and self.prefix:  # Azure's URL resolves "..": a 403
+            raise StoreError(f"{self.uri}: a prefix has no empty, '.' or '..' folder")
 
     # -- what each cloud supplies
     def _is_missing(self, exc: Exception) -> bool:

@@ -422,6 +422,14 @@ def test_a_bucket_uri_without_a_bucket_is_refused(uri):
         open_store(uri)
 
 
+@pytest.mark.parametrize("uri", ["s3://bucket/run/../other", "gs://bucket/./run", "az://container/a//b"])
+def test_a_bucket_prefix_with_dot_or_empty_folders_is_refused(uri):
+    # on S3 and GCS they were kept as literal names; Azure's service resolved "..", so the signed path
+    # differed and every call failed as an authentication error
+    with pytest.raises(StoreError, match="a prefix has no empty, '.' or '..' folder"):
+        open_store(uri)
+
+
 @pytest.mark.parametrize("uri", ["s3://AKIAEXAMPLE:hunter2@bucket/run", "gs://user:hunter2@bucket",
                                  "az://account:hunter2@container/run", "firestore://user:hunter2@project/col",
                                  "postgres://admin:hunter2@db/swarm", "redis://:hunter2@cache"])
