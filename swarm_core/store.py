@@ -15,9 +15,12 @@ from typing import Any
 
 from .cooperative import blocking
 
-# Segments of letters, digits and `_.-`, none of them `.` or `..`: one match per key.
-_SEGMENT = r"(?!\.\.?(?:/|\Z))[A-Za-z0-9_.\-]+"
+# Segments of letters, digits and `_.-`, none of them `.` or `..`: one match per key. At most 200
+# characters a segment (a file name, with the file store's temporary suffix, fits in 255) and 1024
+# a key (S3, GCS and Azure refuse longer names; their emulators do not, so tests would not tell).
+_SEGMENT = r"(?!\.\.?(?:/|\Z))[A-Za-z0-9_.\-]{1,200}"
 _KEY = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
+MAX_KEY = 1024
 
 
 class StoreError(Exception):
@@ -34,7 +37,7 @@ class KeyNotFound(StoreError, KeyError):
 def is_key(key: str) -> bool:
     """Whether `check_key` accepts `key`. Listings skip other names: a bucket console's folder
     placeholder `a/b/`, a stray file `notes 1.txt`, would be listed but could never be read."""
-    return _KEY.fullmatch(key) is not None
+    return len(key) <= MAX_KEY and _KEY.fullmatch(key) is not None
 
 
 def check_key(key: str) -> str:

@@ -212,7 +212,8 @@ def test_list_skips_names_that_are_not_keys(store):
 
 def test_invalid_keys_are_rejected(store):
     store.write("ok", b"1")
-    for bad in ("../x", "a/../../x", "/abs", "a//b", "./a", "a/", "", "a b", "a\\b", "..", "é"):
+    too_long = ("a" * 201, "/".join(["a" * 100] * 11))  # a segment over 200, a key over 1024 characters
+    for bad in ("../x", "a/../../x", "/abs", "a//b", "./a", "a/", "", "a b", "a\\b", "..", "é", *too_long):
         for op in (store.read, store.version, store.delete, lambda k: store.write(k, b"x"),
                    lambda k: store.create(k, b"x"), lambda k: store.swap(k, b"x", "1")):
             with pytest.raises(StoreError) as err:
