@@ -29,6 +29,23 @@ if RUNNER:
     CLEAN_ENV["SWARM_DISPATCHER_RUNNER"] = RUNNER
 
 
+@pytest.fixture
+def readable_folder():
+    """A new world-readable folder outside /tmp, /var/tmp and /dev/shm, as a store's `./.swarm` is
+    (the sandbox covers those three anyway, so a folder there would prove nothing about hiding)."""
+    import shutil
+    import tempfile
+
+    for parent in ("/srv", "/opt", "/var/lib", str(REPO)):
+        if os.access(parent, os.W_OK) and not parent.startswith(("/tmp/", "/var/tmp/", "/dev/shm/")):
+            folder = Path(tempfile.mkdtemp(dir=parent, prefix="swarm-readable-"))
+            folder.chmod(0o755)
+            yield folder
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+    pytest.fail("no writable folder outside /tmp, /var/tmp and /dev/shm for a world-readable store")
+
+
 @pytest.fixture(autouse=True)
 def _no_ambient_llm(monkeypatch):
     """Tests never reach a real provider by accident: every LLM comes from the test itself."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -403,27 +402,26 @@ def test_secrets_in_the_worker_never_reach_a_created_function(monkeypatch):
     assert not [k for k in store.list("") if SECRET.encode() in store.read(k)]  # nowhere in storage either
 
 
-def test_a_created_function_cannot_read_the_file_stores():
+def test_a_created_function_cannot_read_the_file_stores(readable_folder):
     # Outside /tmp, like the default ./.swarm: the stores' files are readable by any user.
-    with tempfile.TemporaryDirectory(dir=Path(__file__).parent, prefix=".store-") as folder:
-        os.chmod(folder, 0o755)
-        engine = make_engine(
-            scripted(
-                {
-                    "write_code": {"code": "def peek(path: str) -> str:\n    return open(path).read()\n"},
-                    "extract_spec": {**NTH_PRIME_SPEC, "name": "peek", "args": {"path": "string"}, "returns": "string"},
-                    "write_tests": {"cases": [{"name": "reads", "args": {"path": f"{folder}/x"}, "expected": None, "assertion": "len(result) > 0"}]},
-                }
-            ),
-            store=f"file://{folder}",
-        )
-        engine.blueprint.factory = engine.blueprint.factory.model_copy(update={"max_repairs": 0, "samples": 0})
-        engine.state.write("x", SECRET.encode())
-        made = engine.functions().create("Write peek(path) that returns a file's text.")
-        assert made.spec.status == "draft" and SECRET not in made.report.model_dump_json()
-        with pytest.raises(FunctionError) as failed:
-            engine.exec_function("peek", {"path": f"{folder}/x"}, version=1)
-        assert SECRET not in str(failed.value) and SECRET not in failed.value.stdout
+    folder = str(readable_folder)
+    engine = make_engine(
+        scripted(
+            {
+                "write_code": {"code": "def peek(path: str) -> str:\n    return open(path).read()\n"},
+                "extract_spec": {**NTH_PRIME_SPEC, "name": "peek", "args": {"path": "string"}, "returns": "string"},
+                "write_tests": {"cases": [{"name": "reads", "args": {"path": f"{folder}/x"}, "expected": None, "assertion": "len(result) > 0"}]},
+            }
+        ),
+        store=f"file://{folder}",
+    )
+    engine.blueprint.factory = engine.blueprint.factory.model_copy(update={"max_repairs": 0, "samples": 0})
+    engine.state.write("x", SECRET.encode())
+    made = engine.functions().create("Write peek(path) that returns a file's text.")
+    assert made.spec.status == "draft" and SECRET not in made.report.model_dump_json()
+    with pytest.raises(FunctionError) as failed:
+        engine.exec_function("peek", {"path": f"{folder}/x"}, version=1)
+    assert SECRET not in str(failed.value) and SECRET not in failed.value.stdout
 
 
 ATTACKS = {

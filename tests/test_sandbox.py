@@ -306,14 +306,15 @@ def test_code_sees_a_private_tmp():
 
 
 @pytest.mark.parametrize("mode", ["as root", "audit hook alone"])
-def test_hidden_folders_cannot_be_read(mode, monkeypatch):
-    # The tests' own folder stands for a store outside /tmp: world-readable, as ./.swarm is.
+def test_hidden_folders_cannot_be_read(mode, monkeypatch, readable_folder):
     if mode != "as root":
         monkeypatch.setattr(sandbox, "_leased_uid", contextmanager(lambda: iter([None])))
-    here = Path(__file__)
-    code = f"try:\n    print(open({str(here)!r}).read()[:40])\nexcept OSError as exc:\n    print(type(exc).__name__)\n"
-    assert run(code).stdout == here.read_text()[:40] + "\n"  # readable unless hidden
-    assert run(code, limits=Limits(hidden=frozenset({str(here.parent)}))).stdout in ("FileNotFoundError\n", "PermissionError\n")
+    here = readable_folder / "swarm.json"
+    here.write_text('{"goal": "a secret goal"}')
+    here.chmod(0o644)
+    code = f"try:\n    print(open({str(here)!r}).read())\nexcept OSError as exc:\n    print(type(exc).__name__)\n"
+    assert run(code).stdout == here.read_text() + "\n"  # readable unless hidden
+    assert run(code, limits=Limits(hidden=frozenset({str(readable_folder)}))).stdout in ("FileNotFoundError\n", "PermissionError\n")
 
 
 @as_root
