@@ -364,9 +364,10 @@ def _stop(engine: Engine, swarm_id: str, args, code: int) -> None:
 
 
 def _watch(engine: Engine, swarm_id: str, args, label: str) -> dict[str, Any]:
+    settled = _Settled(engine, swarm_id)
     if args.json or not err.is_terminal:
         seen: dict[str, str] = {}
-        while not _settled(engine, swarm_id, 0.5):
+        while not settled(0.5):
             if not args.json:
                 _print_changes(engine, swarm_id, seen)
         if not args.json:
@@ -374,22 +375,33 @@ def _watch(engine: Engine, swarm_id: str, args, label: str) -> dict[str, Any]:
     else:
         title = f"[bold]{swarm_id}[/] {label}"
         with Live(render_tree(engine.nodes(swarm_id), title), console=err, refresh_per_second=4) as live:
-            while not _settled(engine, swarm_id, 0.3):
+            while not settled(0.3):
                 live.update(render_tree(engine.nodes(swarm_id), title))
             live.update(render_tree(engine.nodes(swarm_id), title))
     return engine.status(swarm_id)
 
 
-def _settled(engine: Engine, swarm_id: str, timeout: float) -> bool:
-    """Waits up to `timeout`: True once nothing more happens for this process to show. That is
-    when the local dispatcher is idle; a remote one hands nodes to functions that write to the
-    same store, so then it is when the swarm no longer runs (done, failed, or waiting for the user)."""
-    if not engine.dispatcher.wait(timeout=timeout):
+class _Settled:
+    """`settled(timeout)` waits up to `timeout`: True once nothing more happens for this process
+    to show. That is when the local dispatcher is idle. A remote one hands nodes to functions that
+    write to the same store: then it is when the swarm no longer runs, read from its header (one
+    read a poll on a cloud store), and every 10th poll from its nodes, which alone say that every
+    branch left is waiting for the user."""
+
+    def __init__(self, engine: Engine, swarm_id: str):
+        self.engine, self.swarm_id, self.polls = engine, swarm_id, 0
+
+    def __call__(self, timeout: float) -> bool:
+        engine = self.engine
+        if not engine.dispatcher.wait(timeout=timeout):
+            return False
+        if not isinstance(engine.dispatcher, RemoteDispatcher) or engine.header(self.swarm_id).status != "running":
+            return True
+        self.polls += 1
+        if self.polls % 10 == 0 and engine.status(self.swarm_id)["status"] != "running":
+            return True
+        time.sleep(timeout)
         return False
-    if not isinstance(engine.dispatcher, RemoteDispatcher) or engine.status(swarm_id)["status"] != "running":
-        return True
-    time.sleep(timeout)
-    return False
 
 
 def _print_changes(engine: Engine, swarm_id: str, seen: dict[str, str]) -> None:

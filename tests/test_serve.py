@@ -428,3 +428,22 @@ def test_a_question_is_answered_through_execute_node_over_http(stub, tmp_path):
     assert len(answered) == 1 and "blue" in answered[0]["messages"][-1]["content"]
     tree = json.loads(swarm_cli("tree", sid, "--json", "--store", store).stdout)["nodes"]
     assert {n["node_id"]: n["report"] for n in tree}["root.0.1"] == "did b in blue"
+
+
+def test_swarm_run_and_answer_through_a_remote_dispatcher_stop_at_a_question_and_finish(stub, tmp_path):
+    """Followed from the store, a swarm whose only branch left waits for the user ends `swarm run`
+    with exit 3; `swarm answer` then follows it to its end."""
+    from scripted import asks_colour
+
+    stub.responder = http_responder(asks_colour())
+    store = f"file://{tmp_path / 'store'}"
+    env = {"SWARM_STORE": store, "OPENAI_BASE_URL": stub.base_url}
+    with Functions(tmp_path, env) as fns:
+        remote = {**env, "SWARM_DISPATCHER": "http", "SWARM_EXECUTE_NODE_URL": fns.execute_node}
+        asked = swarm_cli("run", "Write a and b", "--json", env=remote)
+        waiting = json.loads(asked.stdout)
+        answered = swarm_cli("answer", waiting["swarm_id"], "root.0.1", "blue", "--json", env=remote)
+    assert asked.returncode == 3 and waiting["waiting"] == [{"node_id": "root.0.1", "question": "Which colour?"}], asked.stderr
+    done = json.loads(answered.stdout)
+    assert answered.returncode == 0 and done["status"] == "done", answered.stderr
+    assert {n["node_id"]: n["report"] for n in done["nodes"]}["root.0.1"] == "did b in blue"
