@@ -966,7 +966,9 @@ class Engine:
         status = header.status
         by_id = {n.node_id: n for n in nodes}
 
-        def queued(n: NodeRecord) -> bool:  # pending and runnable: not a step behind an unfinished one
+        def queued(n: NodeRecord) -> bool:  # runnable: pending and not a step behind an unfinished one,
+            if n.status in ("waiting_user", "waiting_children"):  # or released (answered, or its join resumed)
+                return self._released(swarm_id, n)
             j = n.join
             if n.status != "pending" or not (j and j.mode == "sequential" and j.index > 0):
                 return n.status == "pending"
@@ -988,7 +990,7 @@ class Engine:
             "nodes": len(nodes),
             "by_status": counts,
             "usage": {**total.model_dump(exclude={"seconds"}), "seconds": round(total.seconds, 3)},
-            "waiting": [{"node_id": n.node_id, "question": n.question} for n in nodes if n.status == "waiting_user"],
+            "waiting": [{"node_id": n.node_id, "question": n.question} for n in nodes if n.status == "waiting_user" and n.answer is None],
         }
 
     def snapshot(self, swarm_id: str) -> dict[str, Any]:

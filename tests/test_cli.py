@@ -414,7 +414,8 @@ def test_an_answer_whose_branch_cannot_run_says_why_and_exits_1(stub, tmp_path, 
     monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
     assert cli.main(["answer", sid, "root.0.1", "blue", "--store", store, "--json"]) == 1  # incomplete, not waiting (3)
     out = json.loads(capsys.readouterr().out)
-    assert out["status"] == "waiting_user" and out["error"].startswith("1 invocation(s) failed, first: "), out
+    assert out["status"] == "running" and not out["waiting"], out  # answered: not waiting for the user any more
+    assert out["error"].startswith("1 invocation(s) failed, first: "), out
     assert "Input/output error" in out["error"] and out["error"].endswith(f"finish with `swarm resume {sid}`")
 
 

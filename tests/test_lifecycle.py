@@ -625,6 +625,35 @@ def test_a_question_in_a_sequential_step_makes_the_swarm_wait_for_the_user():
     assert [e.data["answer"] for e in engine.events(sid) if e.kind == "answered"] == ["blue"]
 
 
+def test_an_answered_question_or_a_released_join_is_not_waiting_for_the_user():
+    # A remote `swarm answer` or `run` stops following the swarm once it is waiting for the user:
+    # that must not be while an answered node, or a manager whose children all reported, has yet to run.
+    def responder(messages, schema_name, schema, key):
+        if key.startswith("root.0.1/0/"):
+            return {"report": "", "question": "Which colour?"}
+        if key.startswith("root/0/"):  # a manager and a writer
+            plan = [{"task": "a", "action": "break_down_goal"}, {"task": "b", "action": "write_text"}]
+            return {"subtasks": plan, "mode": "parallel", "question": None}
+        return default_responder()(messages, schema_name, schema, key)
+
+    d = Recorder()
+    engine = make_engine(responder, dispatcher=d)
+    sid, _ = engine.load_goal("Do a thing")
+    while d.queue[0][1].node_id != "root.0.0" or d.queue[0][1].round != 1:  # until manager root.0.0 is released
+        engine.execute_node(*d.queue.pop(0))
+    st = engine.status(sid)
+    assert engine.node(sid, "root.0.1")[0].status == "waiting_user" and st["status"] == "running", st
+    while d.queue:
+        engine.execute_node(*d.queue.pop(0))
+    assert engine.status(sid)["status"] == "waiting_user"
+    engine.answer(sid, "root.0.1", "blue")
+    st = engine.status(sid)
+    assert (st["status"], st["waiting"]) == ("running", [])  # answered: its next round is on its way
+    while d.queue:
+        engine.execute_node(*d.queue.pop(0))
+    assert engine.status(sid)["status"] == "done"
+
+
 def _fail_once_settling(engine, delivery):
     """Deliver once while the history store refuses the node's outcome event (after its claim)."""
     real, failed = engine.history.create, []
