@@ -66,7 +66,7 @@ STALE = "a later claim of this round counted its spawn"  # what _bump answers a 
 JOIN_GROUP = 32  # a wide parallel join reports in groups of this many: each child lists O(group + size/group) keys
 M = TypeVar("M", bound=BaseModel)
 _SHARED = (SwarmHeader, Counters)  # parsed once per content by `Engine._load`
-MAX_GOAL_CHARS = 20_000
+MAX_TEXT_CHARS = 20_000  # a goal or an answer: each goes whole into a prompt
 
 
 class SwarmError(Exception):
@@ -1048,10 +1048,7 @@ def _usage_delta(u: Usage) -> dict[str, int]:
 
 
 def check_goal(goal: Any) -> str:
-    check_text(goal, "goal")
-    if len(goal) > MAX_GOAL_CHARS:
-        raise SwarmError(f"the goal is {len(goal)} characters; the limit is {MAX_GOAL_CHARS}")
-    return goal
+    return check_text(goal, "goal")
 
 
 def check_text(text: Any, what: str) -> str:
@@ -1062,6 +1059,8 @@ def check_text(text: Any, what: str) -> str:
         text.encode()
     except UnicodeEncodeError as exc:  # a lone surrogate: valid JSON (\ud800) or undecodable bytes in argv
         raise SwarmError(f"the {what} is not Unicode text: {exc.reason} at character {exc.start}") from None
+    if len(text) > MAX_TEXT_CHARS:
+        raise SwarmError(f"the {what} is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
     return text
 
 

@@ -100,6 +100,7 @@ def execute_bad(sid: str) -> list:
         ({"swarm_id": sid, "node_id": "root.0.0", "answer": 3}, 400, "answer must be a string"),
         ({"swarm_id": sid, "node_id": "root.0.0", "answer": " "}, 400, "the answer is empty"),
         ({"swarm_id": sid, "node_id": "root.0.0", "answer": "a\ud800"}, 400, "the answer is not Unicode text"),
+        ({"swarm_id": sid, "node_id": "root.0.0", "answer": "x" * 20001}, 400, "the answer is 20001 characters; the limit is 20000"),
         ({"swarm_id": UNKNOWN, "node_id": "root", "answer": "x"}, 404, "unknown swarm"),
         ({"swarm_id": sid, "node_id": "nope.x", "answer": "x"}, 404, "unknown node"),
         ({"swarm_id": sid, "node_id": "../x", "answer": "x"}, 400, "invalid node id"),

@@ -426,6 +426,20 @@ def test_ask_user_waits_on_its_branch_while_the_rest_goes_on():
     assert "did b in blue" in [r.report for r in engine.read_join(sid, "root", 0)]
 
 
+def test_an_answer_longer_than_a_goal_may_be_is_refused_before_anything_is_stored():
+    from scripted import asks_colour
+
+    engine = make_engine(asks_colour())
+    sid = run_goal(engine)
+    before = {k: engine.state.read(k) for k in engine.state.list(f"swarms/{sid}/")}
+    with pytest.raises(SwarmError, match="the answer is 20001 characters; the limit is 20000"):
+        engine.answer(sid, "root.0.1", "x" * 20001)  # it would go whole into the node's prompt
+    assert {k: engine.state.read(k) for k in engine.state.list(f"swarms/{sid}/")} == before
+    assert not kinds(engine, sid, "answered")
+    engine.answer(sid, "root.0.1", "x" * 20000)  # the question can still be answered
+    assert engine.dispatcher.wait(30) and engine.status(sid)["status"] == "done"
+
+
 @pytest.mark.parametrize("then", [["x", "y"], []])
 def test_a_planner_can_ask_the_user_before_it_has_any_subtask(then):
     asked = {"subtasks": [], "mode": "parallel", "question": "Which city?"}
