@@ -360,8 +360,8 @@ def report(ctx: NodeContext) -> Outcome:
 def manage(ctx: NodeContext) -> Outcome:
     """A manager: plan → children → supervisor → done, or plan again within `max_rounds`."""
     reports, memo = ctx.child_reports, ctx.memo
-    if reports is None:
-        return _plan(ctx)
+    if reports is None:  # the first plan, or a plan that asked the user: with the feedback it had
+        return _plan(ctx, feedback=memo.get("feedback", ""))
     if memo.get("phase") == "supervise":
         verdict = reports[0]
         if verdict.status != "done" or not verdict.data:
@@ -374,6 +374,7 @@ def manage(ctx: NodeContext) -> Outcome:
                 error=f"budget max_rounds={ctx.swarm.budgets.max_rounds} reached and the supervisor "
                 f"says the goal is not met: {feedback}"
             )
+        memo["feedback"] = feedback
         return _plan(ctx, feedback=feedback)
     memo["phase"] = "supervise"
     memo["work_round"] = ctx.blueprint.round - 1

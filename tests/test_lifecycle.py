@@ -456,6 +456,28 @@ def test_a_planner_can_ask_the_user_before_it_has_any_subtask(then):
         assert st["status"] == "failed" and st["error"] == "empty plan: the planner gave no subtasks"
 
 
+def test_a_re_plan_that_asks_the_user_plans_with_the_supervisors_feedback_once_answered():
+    plans = {}
+
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "supervise":  # not done the first time
+            first = key.startswith("root.1.0/")
+            return {"done": not first, "report": "ok", "feedback": "add the prices" if first else ""}
+        if "subtasks" in schema.get("properties", {}):
+            plans[key] = messages[-1]["content"]
+            if key.startswith("root/2/"):  # the re-plan asks first
+                return {"subtasks": [], "mode": "parallel", "question": "Which city?"}
+        return default_responder(subtasks=("a",))(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    assert engine.status(sid)["waiting"] == [{"node_id": "root", "question": "Which city?"}]
+    engine.answer(sid, "root", "Lisbon")
+    assert engine.dispatcher.wait(30) and engine.status(sid)["status"] == "done"
+    replan = plans["root/3/0"]
+    assert "Lisbon" in replan and "add the prices" in replan and "did a" in replan  # answer, feedback, earlier results
+
+
 def test_invalid_answer_is_repaired_then_fails_cleanly():
     bad = Counter()
 
