@@ -379,14 +379,15 @@ class Engine:
         """Deliver the user's answer to a node waiting for it; the node then runs again."""
         check_text(text, "answer")
         self.header(swarm_id)
-        rec, version = self.node(swarm_id, node_id)
-        if rec.status != "waiting_user":
-            raise NotWaiting(f"node {node_id} is {rec.status}, not waiting for an answer")
-        if rec.answer is not None:  # answered; its branch has not picked the answer up yet
-            raise NotWaiting(f"node {node_id} was already answered")
-        updated = rec.model_copy(update={"answer": text.strip(), "updated_at": now()})
-        if not self.state.swap(self.node_key(swarm_id, node_id), dump(updated), version):
-            raise NotWaiting(f"node {node_id} changed while answering; try again")
+        while True:  # until this answer is stored, or the node says why it takes none (answered meanwhile)
+            rec, version = self.node(swarm_id, node_id)
+            if rec.status != "waiting_user":
+                raise NotWaiting(f"node {node_id} is {rec.status}, not waiting for an answer")
+            if rec.answer is not None:  # answered; its branch has not picked the answer up yet
+                raise NotWaiting(f"node {node_id} was already answered")
+            updated = rec.model_copy(update={"answer": text.strip(), "updated_at": now()})
+            if self.state.swap(self.node_key(swarm_id, node_id), dump(updated), version):
+                break
         self._event(swarm_id, Event(kind="answered", node_id=node_id, round=rec.blueprint.round, data={"answer": text}))
         self.dispatcher.dispatch(swarm_id, rec.blueprint.model_copy(update={"round": rec.blueprint.round + 1}))
 

@@ -426,6 +426,33 @@ def test_ask_user_waits_on_its_branch_while_the_rest_goes_on():
     assert "did b in blue" in [r.report for r in engine.read_join(sid, "root", 0)]
 
 
+def test_of_two_answers_at_one_instant_one_is_taken_and_the_other_is_told_why():
+    from scripted import asks_colour
+
+    calls = []
+
+    def responder(messages, schema_name, schema, key):
+        calls.append(key)
+        return asks_colour()(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    real = engine.state.swap
+
+    def swap(key, data, version):  # "red" lands between "blue"'s read of the node and its write
+        if key.endswith("/root.0.1.json") and b'"blue"' in data:
+            engine.state.swap = real
+            engine.answer(sid, "root.0.1", "red")
+        return real(key, data, version)
+
+    engine.state.swap = swap
+    with pytest.raises(NotWaiting, match="root.0.1 (was already answered|is running, not waiting)"):
+        engine.answer(sid, "root.0.1", "blue")  # not "try again": no later try can be taken either
+    assert engine.dispatcher.wait(30) and engine.status(sid)["status"] == "done"
+    assert [e.data["answer"] for e in kinds(engine, sid, "answered")] == ["red"]
+    assert [k for k in calls if k.startswith("root.0.1/1/")] == ["root.0.1/1/0"]  # the node ran once on it
+
+
 def test_an_answer_longer_than_a_goal_may_be_is_refused_before_anything_is_stored():
     from scripted import asks_colour
 
