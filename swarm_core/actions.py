@@ -352,6 +352,8 @@ def report(ctx: NodeContext) -> Outcome:
     if out.get("question") and not ctx.answer:
         return AskUser(question=out["question"])
     text = out.get("report") or out.get("text")
+    if not text and out.get("question"):  # answered, yet it cannot do the task: not a report to pass on
+        return Fail(error=f"no report: it asked again after the user's answer: {out['question']}")
     if text is None:
         text = json.dumps(out, ensure_ascii=False)
     return Result(report=str(text), data=out)

@@ -467,6 +467,21 @@ def test_an_answer_longer_than_a_goal_may_be_is_refused_before_anything_is_store
     assert engine.dispatcher.wait(30) and engine.status(sid)["status"] == "done"
 
 
+def test_a_node_that_asks_again_after_the_answer_fails_rather_than_report_its_raw_answer():
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "write_text" and task_of(messages) == "b":  # answered or not, it only asks
+            return {"report": "", "question": "Which colour? And which size?"}
+        return default_responder(subtasks=("a", "b"))(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    engine.answer(sid, "root.0.1", "blue")
+    assert engine.dispatcher.wait(30)
+    node = engine.node(sid, "root.0.1")[0]
+    assert (node.status, node.report) == ("failed", None)
+    assert node.error == "no report: it asked again after the user's answer: Which colour? And which size?"
+
+
 @pytest.mark.parametrize("then", [["x", "y"], []])
 def test_a_planner_can_ask_the_user_before_it_has_any_subtask(then):
     asked = {"subtasks": [], "mode": "parallel", "question": "Which city?"}
