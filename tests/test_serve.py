@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CLEAN_ENV, REPO
-from scripted import default_responder
+from scripted import default_responder, task_of
 from test_llm_http import http_responder
 
 from swarm_core import serve
@@ -406,6 +406,29 @@ def test_execute_node_answers_synchronously_without_prefer_and_redelivery_change
     assert max(n["round"] for n in tree) == 2  # the root's resumes were among the re-deliveries
     assert len(stub.requests) == calls
     assert contents() == before  # not one byte written
+
+
+def test_swarm_answer_through_a_remote_dispatcher_follows_the_answered_branch(stub, tmp_path):
+    """`swarm answer` hands the answered node to the functions and follows the store: it must not
+    stop at once because the node, answered but not picked up yet, still reads `waiting_user`."""
+
+    def respond(messages, schema_name, schema, key):
+        if schema_name == "write_text" and "The user answered" not in messages[-1]["content"]:
+            return {"report": "", "question": f"Which colour for {task_of(messages)}?"}
+        return default_responder(subtasks=("a", "b"))(messages, schema_name, schema, key)
+
+    stub.responder = http_responder(respond)
+    store = f"file://{tmp_path / 'store'}"
+    with Functions(tmp_path, {"SWARM_STORE": store, "OPENAI_BASE_URL": stub.base_url}) as fns:
+        sid = post(fns.load_goal, {"goal": "Write a and b"})[1]["swarm_id"]
+        assert len(wait_status(store, sid, want=("waiting_user",))["waiting"]) == 2
+        env = {"OPENAI_BASE_URL": stub.base_url, "SWARM_DISPATCHER": "http", "SWARM_EXECUTE_NODE_URL": fns.execute_node}
+        one = swarm_cli("answer", sid, "root.0.0", "blue", "--json", "--store", store, env=env)
+        out = json.loads(one.stdout)
+        assert one.returncode == 3 and out["waiting"] == [{"node_id": "root.0.1", "question": "Which colour for b?"}], one.stderr
+        assert {n["node_id"]: n["status"] for n in out["nodes"]}["root.0.0"] == "done"  # it followed a to its end
+        two = swarm_cli("answer", sid, "root.0.1", "red", "--json", "--store", store, env=env)
+        assert two.returncode == 0 and json.loads(two.stdout)["status"] == "done", two.stderr
 
 
 def test_a_question_is_answered_through_execute_node_over_http(stub, tmp_path):
