@@ -1198,6 +1198,22 @@ def test_a_replay_answers_the_questions_and_meets_the_errors_of_its_recording():
     assert "HTTP 503: overloaded" in replay.node(rid, "root.0.1")[0].error
 
 
+def test_a_replay_gives_a_recorded_answer_longer_than_answers_may_be_now(monkeypatch):
+    from scripted import asks_colour
+
+    from swarm_core import engine as engine_module
+
+    engine = make_engine(asks_colour())
+    sid = run_goal(engine)
+    monkeypatch.setattr(engine_module, "MAX_TEXT_CHARS", 10**6)  # answered before answers had a limit
+    engine.answer(sid, "root.0.1", "blue " * 6000)
+    monkeypatch.undo()
+    assert engine.dispatcher.wait(10) and engine.status(sid)["status"] == "done"
+    replay, rid = _replay(engine, sid)
+    assert _tree(replay, rid) == _tree(engine, sid)
+    assert replay.node(rid, "root.0.1")[0].answer == engine.node(sid, "root.0.1")[0].answer
+
+
 def test_azure_without_its_key_is_not_configured_and_fails_the_node_not_the_swarm(monkeypatch):
     import uuid
 
@@ -1321,11 +1337,11 @@ def test_a_replay_that_died_before_giving_its_recorded_answer_is_resumed():
     rid, _ = replay.load_goal(engine.header(sid).goal)
     real_answer, died = replay.answer, []
 
-    def answer(*a):
+    def answer(*a, **kw):
         if not died:
             died.append(True)
             raise Died  # right after the question was stored, before its recorded answer
-        return real_answer(*a)
+        return real_answer(*a, **kw)
 
     replay.answer = answer
     with pytest.raises(Died):
