@@ -409,8 +409,9 @@ def test_execute_node_answers_synchronously_without_prefer_and_redelivery_change
 
 
 def test_swarm_answer_through_a_remote_dispatcher_follows_the_answered_branch(stub, tmp_path):
-    """`swarm answer` hands the answered node to the functions and follows the store: it must not
-    stop at once because the node, answered but not picked up yet, still reads `waiting_user`."""
+    """`swarm run` and `swarm answer` hand nodes to the functions and follow the store: `run` until
+    every branch left asks (exit 3); `answer` must not stop at once because the node, answered
+    but not picked up yet, still reads `waiting_user`."""
 
     def respond(messages, schema_name, schema, key):
         if schema_name == "write_text" and "The user answered" not in messages[-1]["content"]:
@@ -420,9 +421,10 @@ def test_swarm_answer_through_a_remote_dispatcher_follows_the_answered_branch(st
     stub.responder = http_responder(respond)
     store = f"file://{tmp_path / 'store'}"
     with Functions(tmp_path, {"SWARM_STORE": store, "OPENAI_BASE_URL": stub.base_url}) as fns:
-        sid = post(fns.load_goal, {"goal": "Write a and b"})[1]["swarm_id"]
-        assert len(wait_status(store, sid, want=("waiting_user",))["waiting"]) == 2
         env = {"OPENAI_BASE_URL": stub.base_url, "SWARM_DISPATCHER": "http", "SWARM_EXECUTE_NODE_URL": fns.execute_node}
+        run = swarm_cli("run", "Write a and b", "--json", "--store", store, env=env)  # followed until both branches ask
+        sid = json.loads(run.stdout)["swarm_id"]
+        assert run.returncode == 3 and len(json.loads(run.stdout)["waiting"]) == 2, run.stderr
         one = swarm_cli("answer", sid, "root.0.0", "blue", "--json", "--store", store, env=env)
         out = json.loads(one.stdout)
         assert one.returncode == 3 and out["waiting"] == [{"node_id": "root.0.1", "question": "Which colour for b?"}], one.stderr
@@ -451,22 +453,3 @@ def test_a_question_is_answered_through_execute_node_over_http(stub, tmp_path):
     assert len(answered) == 1 and "blue" in answered[0]["messages"][-1]["content"]
     tree = json.loads(swarm_cli("tree", sid, "--json", "--store", store).stdout)["nodes"]
     assert {n["node_id"]: n["report"] for n in tree}["root.0.1"] == "did b in blue"
-
-
-def test_swarm_run_and_answer_through_a_remote_dispatcher_stop_at_a_question_and_finish(stub, tmp_path):
-    """Followed from the store, a swarm whose only branch left waits for the user ends `swarm run`
-    with exit 3; `swarm answer` then follows it to its end."""
-    from scripted import asks_colour
-
-    stub.responder = http_responder(asks_colour())
-    store = f"file://{tmp_path / 'store'}"
-    env = {"SWARM_STORE": store, "OPENAI_BASE_URL": stub.base_url}
-    with Functions(tmp_path, env) as fns:
-        remote = {**env, "SWARM_DISPATCHER": "http", "SWARM_EXECUTE_NODE_URL": fns.execute_node}
-        asked = swarm_cli("run", "Write a and b", "--json", env=remote)
-        waiting = json.loads(asked.stdout)
-        answered = swarm_cli("answer", waiting["swarm_id"], "root.0.1", "blue", "--json", env=remote)
-    assert asked.returncode == 3 and waiting["waiting"] == [{"node_id": "root.0.1", "question": "Which colour?"}], asked.stderr
-    done = json.loads(answered.stdout)
-    assert answered.returncode == 0 and done["status"] == "done", answered.stderr
-    assert {n["node_id"]: n["report"] for n in done["nodes"]}["root.0.1"] == "did b in blue"
