@@ -434,8 +434,11 @@ def _finish(engine: Engine, swarm_id: str, args, status: dict[str, Any], extra: 
             _print_report(status["report"])
         if status["error"]:
             err.print(f"[red]error:[/] {escape(status['error'])}", highlight=False)
+        target = status["replay_of"] or swarm_id  # a replay waits where its original does: answered there
         for w in status["waiting"]:
-            err.print(f"[magenta]{w['node_id']} asks:[/] {escape(w['question'])}\n  answer with: swarm answer {swarm_id} {w['node_id']} \"…\"")
+            err.print(f"[magenta]{w['node_id']} asks:[/] {escape(w['question'])}\n  answer with: swarm answer {target} {w['node_id']} \"…\"")
+        if status["replay_of"] and status["waiting"]:
+            err.print(f"  then replay {target} again")
         u = status["usage"]
         err.print(
             f"[dim]{swarm_id} {status['status']} · {status['nodes']} nodes · {u['llm_calls']} LLM calls · "

@@ -380,7 +380,9 @@ class Engine:
         `recorded`: a replay's, given as its recording got it (maybe before today's limit)."""
         if not recorded:
             check_text(text, "answer")
-        self.header(swarm_id)
+        header = self.header(swarm_id)
+        if header.replay_of and not recorded:  # its calls come from the original's history, which has none for this answer
+            raise SwarmError(f"{swarm_id} replays {header.replay_of}: answer {header.replay_of}, then replay it again")
         while True:  # until this answer is stored, or the node says why it takes none (answered meanwhile)
             rec, version = self.node(swarm_id, node_id)
             if rec.status != "waiting_user":

@@ -467,6 +467,23 @@ def test_an_answer_longer_than_a_goal_may_be_is_refused_before_anything_is_store
     assert engine.dispatcher.wait(30) and engine.status(sid)["status"] == "done"
 
 
+def test_a_replay_waiting_where_its_original_waits_is_answered_on_the_original():
+    """The replay's answers come from its original's history: one given to the replay by hand
+    has no recorded call to go with it, so it is refused, naming the swarm to answer."""
+    from scripted import asks_colour
+
+    engine = make_engine(asks_colour())
+    sid = run_goal(engine)
+    rid, _ = engine.load_goal(engine.header(sid).goal, llm_source=f"replay:{sid}", replay_of=sid)
+    assert engine.dispatcher.wait(30) and engine.status(rid)["status"] == "waiting_user"
+    before = {k: engine.state.read(k) for k in engine.state.list(f"swarms/{rid}/")}
+    with pytest.raises(SwarmError, match=f"{rid} replays {sid}: answer {sid}, then replay it again"):
+        engine.answer(rid, "root.0.1", "blue")
+    assert {k: engine.state.read(k) for k in engine.state.list(f"swarms/{rid}/")} == before
+    engine.answer(sid, "root.0.1", "blue")
+    assert engine.dispatcher.wait(30) and engine.status(sid)["status"] == "done"
+
+
 def test_a_node_that_asks_again_after_the_answer_fails_rather_than_report_its_raw_answer():
     def responder(messages, schema_name, schema, key):
         if schema_name == "write_text" and task_of(messages) == "b":  # answered or not, it only asks
