@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -50,9 +51,22 @@ STYLE = {
 }
 
 
+# Every control character but tab and newline. ESC in a model's question or report would otherwise
+# reach the terminal as a command (a window title, a screen clear, an OSC 52 clipboard write).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _shown(text: str) -> str:
+    """`text` as it may be written to a terminal: control characters shown as U+FFFD."""
+    return _CONTROL.sub("\ufffd", text)
+
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:  # rich would exit 1 (a failed swarm): `main` exits 141 instead
         raise BrokenPipeError
+
+    def render_str(self, text: str, **kwargs: Any):  # every string printed, tree labels included
+        return super().render_str(_shown(text), **kwargs)
 
 
 err = _Console(stderr=True, soft_wrap=True)
@@ -141,7 +155,7 @@ def _version() -> str:
 def _fail(args, message: str, code: int, **extra: Any) -> int:
     if getattr(args, "json", False):
         print(json.dumps({"error": message, "exit_code": code, **extra}), flush=True)
-    print(f"swarm: error: {message}", file=sys.stderr)
+    print(f"swarm: error: {_shown(message)}", file=sys.stderr)
     return code
 
 
@@ -415,9 +429,9 @@ def _print_report(report: str) -> None:
     """Rendered and wrapped to a terminal's width; the Markdown itself, whole, into a pipe or file
     (`out` soft-wraps, which makes rich crop list items at the console's width)."""
     if out.is_terminal:
-        out.print(Markdown(report), soft_wrap=False)
+        out.print(Markdown(_shown(report)), soft_wrap=False)
     else:
-        sys.stdout.write(report.rstrip("\n") + "\n")
+        sys.stdout.write(_shown(report).rstrip("\n") + "\n")
         sys.stdout.flush()
 
 

@@ -344,6 +344,34 @@ def test_brackets_in_a_goal_task_error_or_question_are_text_not_markup(stub, tmp
         assert shown in tree, tree
 
 
+def test_control_characters_a_model_writes_never_reach_the_terminal(stub, tmp_path):
+    """ESC sequences in a question or a report (a window title, a screen clear, an OSC 52
+    clipboard write) are shown as U+FFFD, never written out for the terminal to act on."""
+    evil = "\x1b]0;pwned\x07 \x1b[2J"
+    plan = default_responder(subtasks=("a",))
+
+    def respond(req):
+        name = req["response_format"]["json_schema"]["name"]
+        if name == "write_text" and asking:
+            return Reply(content=json.dumps({"report": "", "question": f"which{evil}?"}))
+        if name == "supervise":
+            return Reply(content=json.dumps({"done": True, "report": f"# Done{evil}", "feedback": ""}))
+        return http_responder(plan)(req)
+
+    stub.responder = respond
+    store = f"file://{tmp_path}"
+    env = {"OPENAI_BASE_URL": stub.base_url}
+    asking = True
+    shown = [swarm("run", "ask", "--store", store, env=env, check=3)]
+    sid = json.loads(swarm("list", "--json", "--store", store, check=0).stdout)["swarms"][0]["swarm_id"]
+    shown += [swarm(*cmd, sid, "--store", store, check=code) for cmd, code in ((["status"], 3), (["tree"], 0), (["history", "--llm"], 0))]
+    asking = False
+    shown.append(swarm("run", "report", "--store", store, env=env, check=0))
+    text = "".join(p.stdout + p.stderr for p in shown)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "which\ufffd]0;pwned\ufffd \ufffd[2J?" in shown[1].stdout and "# Done\ufffd]0;pwned" in shown[-1].stdout
+
+
 def test_failed_swarm_exits_1(stub, tmp_path):
     stub.responder = lambda req: Reply(content="not json")
     proc = swarm("run", "anything", "--json", "--store", f"file://{tmp_path}", env={"OPENAI_BASE_URL": stub.base_url})
