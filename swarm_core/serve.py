@@ -41,23 +41,21 @@ def add_serve_parser(subparsers, common: argparse.ArgumentParser) -> argparse.Ar
     return p
 
 
-def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65534):
-        raise argparse.ArgumentTypeError(f"wants a port from 1 to 65534 (execute_node takes PORT+1), got {text[:40]!r}")
-    return int(text)
+def _whole(name: str, low: int, high: int, wants: str):
+    """An argparse type: a whole number from `low` to `high`, else "`wants`, got ..."."""
+
+    def parse(text: str) -> int:
+        if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+            raise argparse.ArgumentTypeError(f"{wants}, got {text[:40]!r}")
+        return int(text)
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
 
 
-_port.__name__ = "PORT"  # argparse names the type in its messages
-
-
-def _threads(text: str) -> int:
-    # a manager holds its request thread while its children's deliveries need another one
-    if not (text.isascii() and text.isdigit() and 2 <= int(text) <= 100_000):
-        raise argparse.ArgumentTypeError(f"wants at least 2 threads (a manager waits on one for its children's), got {text[:40]!r}")
-    return int(text)
-
-
-_threads.__name__ = "N"
+_port = _whole("PORT", 1, 65534, "wants a port from 1 to 65534 (execute_node takes PORT+1)")
+# a manager holds its request thread while its children's deliveries need another one
+_threads = _whole("N", 2, 100_000, "wants at least 2 threads (a manager waits on one for its children's)")
 
 
 def main_source() -> Path:
