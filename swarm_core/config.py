@@ -56,6 +56,10 @@ class StoreSettings(_Section):
     def for_concern(self, concern: str) -> str:
         return getattr(self, concern) or self.state
 
+    def uris(self) -> dict[str, str]:
+        """Every concern's store URI, the defaults filled in."""
+        return {concern: self.for_concern(concern) for concern in type(self).model_fields}
+
 
 class DispatcherSettings(_Section):
     kind: Literal["local", "http", "cloud_tasks", "pubsub", "azure_queue"] = "local"

@@ -100,7 +100,7 @@ class Stores:
 
     @classmethod
     def open(cls, blueprint: SwarmBlueprint) -> Stores:
-        uris = {c: blueprint.stores.for_concern(c) for c in ("state", "history", "actions", "memory")}
+        uris = blueprint.stores.uris()
         opened: dict[str, Store] = {}
         for uri in set(uris.values()):
             opened[uri] = open_store(uri)

@@ -227,7 +227,7 @@ def check(code: str, spec: ActionSpec, cases: list[TestCase], config: SwarmBluep
 def store_folders(config: SwarmBlueprint) -> list[str]:
     """The folders of the blueprint's file stores: generated code must not read swarms, histories
     or other functions (files there are readable by any user)."""
-    uris = {config.stores.for_concern(c) for c in ("state", "history", "actions", "memory")}
+    uris = set(config.stores.uris().values())
     return [os.path.abspath(os.path.expanduser(u[len("file://") :] or ".swarm")) for u in uris if u.startswith("file://")]
 
 
