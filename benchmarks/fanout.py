@@ -28,6 +28,9 @@ InMemorySaver or SqliteSaver (file in a temp dir), `max_concurrency` = N.
 Floors: the same shape as bare sleeps with no engine at all, on a ThreadPoolExecutor(N) (the
 best efficiency a thread-per-node dispatcher can reach on the machine it runs on) and as
 asyncio tasks on one thread (what a dispatcher holding no thread per pending call could).
+Records floors (`records-floor-memory`, `records-floor-file`): the asyncio floor plus only the
+records the design keeps per leaf, on a real store, with no engine logic (run_records_floor):
+what is left of a target when an engine costs nothing beyond its records.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
+from pydantic import BaseModel
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -62,6 +67,8 @@ from benchmarks.counting import CountingStore
 from swarm_core.config import load_blueprint
 from swarm_core.engine import Engine, Stores
 from swarm_core.llm import FunctionTransport
+from swarm_core.models import Event, LLMCall, NodeBlueprint, NodeRecord, Result
+from swarm_core.store import open_store
 
 FANOUT_BLUEPRINT = REPO / "tests" / "blueprints" / "fanout"
 
@@ -81,6 +88,8 @@ SYSTEMS = (
     "langgraph-sqlite",
     "thread-floor",
     "asyncio-floor",
+    "records-floor-memory",
+    "records-floor-file",
 )
 LABELS = {
     "swarm-memory": "swarm memory://",
@@ -91,6 +100,8 @@ LABELS = {
     "langgraph-sqlite": "LangGraph SqliteSaver",
     "thread-floor": "floor: bare threads",
     "asyncio-floor": "floor: asyncio tasks",
+    "records-floor-memory": "floor: records memory://",
+    "records-floor-file": "floor: records file://",
 }
 WRITE_OPS = ("create", "write", "swap")
 READ_OPS = ("read", "read_versioned", "version")  # `exists` is counted as the `version` it costs
@@ -435,6 +446,65 @@ def run_asyncio_floor(n: int, latency: float) -> dict[str, Any]:
     return {"wall_s": wall, "cpu_s": cpu, "nodes": n + 2, **summarize_counts(collections.Counter(), n + 2)}
 
 
+class _Answer(BaseModel):
+    report: str
+
+
+def run_records_floor(store_kind: str, n: int, latency: float) -> dict[str, Any]:
+    """The least any engine keeping the design's records does per leaf, with none of the
+    engine's logic: as asyncio tasks on one thread (the asyncio floor), on a real store,
+    the parent creates the leaf's record; the leaf reads it back and parses it (a stateless
+    invocation gets only its blueprint), sleeps L, parses its scripted answer into a
+    pydantic model, creates its history event with the call, swaps its record to done and
+    creates its join marker: 4 writes and 1 read, pydantic records as issue 2 requires.
+    No claim, no budgets, no counters, no LLM layer, no resume. Plan and supervisor are sleeps.
+    Whatever an engine adds goes on top of this, so a target this floor misses on this
+    machine is out of reach of any engine that keeps these records."""
+    import asyncio
+
+    loc = StoreLocation(store_kind)
+    try:
+        store = CountingStore(open_store(loc.uri))
+        answer = json.dumps({"report": "did it"})
+
+        async def call() -> None:
+            if latency:
+                await asyncio.sleep(latency)
+
+        async def leaf(i: int) -> None:
+            node_id = f"n{i:04d}"
+            key = f"s/nodes/{node_id}.json"
+            blueprint = NodeBlueprint(node_id=node_id, parent_id="root", action="write_text", input={"task": f"part {i}"})
+            store.create(key, NodeRecord(blueprint=blueprint).model_dump_json().encode())  # the parent spawns it
+            data, version = store.read_versioned(key)
+            record = NodeRecord.model_validate_json(data)
+            await call()
+            report = _Answer.model_validate_json(answer).report
+            call_record = LLMCall(seq=0, schema_name="write_text", messages=[{"role": "user", "content": f"part {i}"}], response=answer)
+            event = Event(kind="outcome", node_id=node_id, llm_calls=[call_record])
+            store.create(f"s/events/{node_id}-outcome.json", event.model_dump_json().encode())
+            done = record.model_copy(update={"status": "done", "outcome": Result(report=report), "report": report})
+            if not store.swap(key, done.model_dump_json().encode(), version):
+                raise RuntimeError(f"records floor: swap of {key} lost")
+            store.create(f"s/joins/root/0/{node_id}", b"{}")
+
+        async def swarm() -> None:
+            await call()  # plan
+            await asyncio.gather(*(leaf(i) for i in range(n)))
+            await call()  # supervise
+
+        gc.collect()
+        t0, c0 = time.perf_counter(), time.process_time()
+        asyncio.run(swarm())
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        counts = collections.Counter(store.counts)  # before the check below lists
+        if len(store.list("s/joins/root/0")) != n:
+            raise RuntimeError("records floor: a join marker is missing")
+        return {"wall_s": wall, "cpu_s": cpu, "nodes": n + 2, **summarize_counts(counts, n + 2)}
+    finally:
+        loc.cleanup()
+
+
 RUNNERS: dict[str, Callable[[int, float], dict[str, Any]]] = {
     "swarm-memory": lambda n, lat: run_swarm("memory", n, lat),
     "swarm-file": lambda n, lat: run_swarm("file", n, lat),
@@ -444,6 +514,8 @@ RUNNERS: dict[str, Callable[[int, float], dict[str, Any]]] = {
     "langgraph-sqlite": lambda n, lat: run_langgraph("sqlite", n, lat),
     "thread-floor": run_thread_floor,
     "asyncio-floor": run_asyncio_floor,
+    "records-floor-memory": lambda n, lat: run_records_floor("memory", n, lat),
+    "records-floor-file": lambda n, lat: run_records_floor("file", n, lat),
 }
 
 
@@ -580,6 +652,16 @@ def render_table(report: dict[str, Any]) -> str:
           f"(target {TARGET_EFFICIENCY}).\n")
     if afloor and afloor["efficiency"] is not None:
         w(f"As asyncio tasks on one thread, holding no thread while a call is pending: {afloor['efficiency']:.3f}.\n")
+    rfloors = [(k, results[k]) for k in ("records-floor-memory", "records-floor-file") if k in results]
+    if rfloors:
+        w("Records floors: the asyncio floor plus only the records the design keeps per leaf (its record created, read back\n"
+          "and swapped to done, its history event, its join marker; pydantic models), on a real store, no engine logic:\n")
+        sqlite = results.get("langgraph-sqlite")
+        for k, r in rfloors:
+            eff = f"efficiency {r['efficiency']:.3f}" if r["efficiency"] is not None else "efficiency -"
+            vs = f" ({r['ms_per_node'] / sqlite['ms_per_node']:.2f}x SqliteSaver)" if sqlite and k.endswith("file") else ""
+            w(f"  {LABELS[k].removeprefix('floor: records '):10s} {r['ms_per_node']:.3f} ms/node{vs}, {eff}\n")
+        w("A target a records floor misses here is out of reach of any engine keeping those records on this machine.\n")
     w(f"\nOrientation: {ORIENTATION}\n")
     w("ms/node = wall/(N+2); cpu ms/node = this process's CPU time (all threads)/(N+2), less sensitive to other load.\n")
     w("Writes = create+write+swap calls (swarm; lost CAS/create-if-absent included) | put+put_writes (LangGraph).\n")

@@ -4,7 +4,8 @@ from benchmarks import fanout
 
 
 def test_fanout_quick_run_counts_writes_and_runs_the_floors():
-    systems = ("swarm-memory", "swarm-file", "swarm-memory-greenlets", "swarm-file-greenlets", "thread-floor", "asyncio-floor")
+    systems = ("swarm-memory", "swarm-file", "swarm-memory-greenlets", "swarm-file-greenlets", "thread-floor", "asyncio-floor",
+               "records-floor-memory", "records-floor-file")
     report = fanout.run(quick=True, systems=systems, log=lambda *_: None)
     results = report["results"]
     assert set(results) == set(systems)
@@ -16,7 +17,12 @@ def test_fanout_quick_run_counts_writes_and_runs_the_floors():
     for name in ("thread-floor", "asyncio-floor"):
         assert results[name]["writes_per_node_big"] == 0
         assert 0 < results[name]["efficiency"] <= 1.0
+    for name in ("records-floor-memory", "records-floor-file"):  # 4 writes and 1 read per leaf, none for plan/supervisor
+        r, leaves = results[name], 60
+        assert r["ops_big"] == {"create": 3 * leaves, "swap": leaves, "read_versioned": leaves}, r["ops_big"]
+        assert 0 < r["efficiency"] <= 1.0
     text = fanout.render_table(report)
     assert "Floors: the same fan-out as bare sleeps" in text and "floor: asyncio tasks" in text
+    assert "Records floors:" in text and "memory://" in text.split("Records floors:")[1]
     assert {t["target"] for t in report["targets"]} >= {"file store <= 1.0 ms/node", "swarm memory:// writes/node <= 6",
                                                         "file store on greenlets <= 1.0 ms/node"}
