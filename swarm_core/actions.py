@@ -345,15 +345,22 @@ def combine(reports: list[ChildReport]) -> Outcome:
 # --- built-in handlers --------------------------------------------------------
 
 
+def _question(out: dict[str, Any]) -> str:
+    """The model's question to the user, or "": one of only spaces asks nothing (it would
+    park the node waiting for an answer to a blank)."""
+    return str(out.get("question") or "").strip()
+
+
 def report(ctx: NodeContext) -> Outcome:
     """Default for llm actions: the answer's `report` (or `text`) is the node's result;
     a non-empty `question` (before the user answered) asks the user instead."""
     out = ctx.ask()
-    if out.get("question") and not ctx.answer:
-        return AskUser(question=out["question"])
+    question = _question(out)
+    if question and not ctx.answer:
+        return AskUser(question=question)
     text = out.get("report") or out.get("text")
-    if not text and out.get("question"):  # answered, yet it cannot do the task: not a report to pass on
-        return Fail(error=f"no report: it asked again after the user's answer: {out['question']}")
+    if not text and question:  # answered, yet it cannot do the task: not a report to pass on
+        return Fail(error=f"no report: it asked again after the user's answer: {question}")
     if text is None:
         text = json.dumps(out, ensure_ascii=False)
     return Result(report=str(text), data=out)
@@ -405,8 +412,9 @@ def _plan(ctx: NodeContext, feedback: str = "") -> Outcome:
         feedback=f"A supervisor reviewed the previous attempt and said: {feedback}" if feedback else "",
         earlier=f"Results of the previous attempt:\n{earlier}" if earlier else "",
     )
-    if out.get("question") and not ctx.answer:
-        return AskUser(question=out["question"])
+    question = _question(out)
+    if question and not ctx.answer:
+        return AskUser(question=question)
     if not out["subtasks"]:  # the schema lets a plan that asks the user have none
         return Fail(error="empty plan: the planner gave no subtasks")
     children = []

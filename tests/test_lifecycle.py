@@ -499,6 +499,23 @@ def test_a_node_that_asks_again_after_the_answer_fails_rather_than_report_its_ra
     assert node.error == "no report: it asked again after the user's answer: Which colour? And which size?"
 
 
+def test_a_blank_question_from_the_model_is_no_question():
+    """A question of only spaces would park the node waiting for an answer to nothing."""
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "write_text":
+            return {"report": f"did {task_of(messages)}", "question": " \n\t"}
+        if schema_name == "break_down_goal":
+            plan = default_responder(subtasks=("a", "b"))(messages, schema_name, schema, key)
+            return {**plan, "question": "  "}
+        return default_responder()(messages, schema_name, schema, key)
+
+    engine = make_engine(responder)
+    sid = run_goal(engine)
+    st = engine.status(sid)
+    assert (st["status"], st["waiting"]) == ("done", [])
+    assert sorted(r.report for r in engine.read_join(sid, "root", 0)) == ["did a", "did b"]
+
+
 @pytest.mark.parametrize("then", [["x", "y"], []])
 def test_a_planner_can_ask_the_user_before_it_has_any_subtask(then):
     asked = {"subtasks": [], "mode": "parallel", "question": "Which city?"}
