@@ -381,29 +381,55 @@ def _watch(engine: Engine, swarm_id: str, args, label: str) -> dict[str, Any]:
     settled = _Settled(engine, swarm_id)
     if args.json or not err.is_terminal:
         seen: dict[str, str] = {}
+        progress = _Paced(lambda: _print_changes(engine, swarm_id, seen), interval=0.5)
         while not settled(0.5):
             if not args.json:
-                _print_changes(engine, swarm_id, seen)
+                progress()
         if not args.json:
             _print_changes(engine, swarm_id, seen)
     else:
         title = f"[bold]{swarm_id}[/] {label}"
         with Live(render_tree(engine.nodes(swarm_id), title), console=err, refresh_per_second=4) as live:
+            tree = _Paced(lambda: live.update(render_tree(engine.nodes(swarm_id), title)), interval=0.3)
             while not settled(0.3):
-                live.update(render_tree(engine.nodes(swarm_id), title))
+                tree()
             live.update(render_tree(engine.nodes(swarm_id), title))
     return engine.status(swarm_id)
+
+
+class _Paced:
+    """Runs `step` (a read of every node, to show progress) at most every `interval` seconds, and
+    at most a `share` of the time: if reading a thousand nodes from a cloud store takes 2 s, the
+    next read starts 20 s later. So following a swarm costs a bounded number of requests a second
+    whatever its size, while a local store still refreshes every `interval`."""
+
+    def __init__(self, step, interval: float, share: float = 0.1, clock=time.monotonic):
+        self.step, self.interval, self.share, self.clock = step, interval, share, clock
+        self.next_at = 0.0
+
+    def __call__(self) -> bool:
+        """Run `step` if it is due; True if it ran."""
+        start = self.clock()
+        if start < self.next_at:
+            return False
+        self.step()
+        self.next_at = start + max(self.interval, (self.clock() - start) / self.share)
+        return True
 
 
 class _Settled:
     """`settled(timeout)` waits up to `timeout`: True once nothing more happens for this process
     to show. That is when the local dispatcher is idle. A remote one hands nodes to functions that
     write to the same store: then it is when the swarm no longer runs, read from its header (one
-    read a poll on a cloud store), and every 10th poll from its nodes, which alone say that every
-    branch left is waiting for the user."""
+    read a poll on a cloud store), and, paced like the progress (every 5 s at most), from its
+    nodes, which alone say that every branch left is waiting for the user."""
 
     def __init__(self, engine: Engine, swarm_id: str):
-        self.engine, self.swarm_id, self.polls = engine, swarm_id, 0
+        self.engine, self.swarm_id, self.ended = engine, swarm_id, False
+        self.check_nodes = _Paced(self._check_nodes, interval=5.0)
+
+    def _check_nodes(self) -> None:
+        self.ended = self.engine.status(self.swarm_id)["status"] != "running"
 
     def __call__(self, timeout: float) -> bool:
         engine = self.engine
@@ -411,8 +437,8 @@ class _Settled:
             return False
         if not isinstance(engine.dispatcher, RemoteDispatcher) or engine.header(self.swarm_id).status != "running":
             return True
-        self.polls += 1
-        if self.polls % 10 == 0 and engine.status(self.swarm_id)["status"] != "running":
+        self.check_nodes()
+        if self.ended:
             return True
         time.sleep(timeout)
         return False

@@ -530,3 +530,27 @@ def test_sigkill_mid_run_then_resume_completes_without_duplicates(stub, tmp_path
     events = json.loads(swarm("history", sid, "--json", "--store", store, check=0).stdout)["events"]
     outcomes = [(e["node_id"], e["round"]) for e in events if e["kind"] == "outcome"]
     assert len(outcomes) == len(set(outcomes)) == 10  # root r0, 6 parts, supervisor, root r1 and r2
+
+
+def test_following_a_swarm_reads_its_nodes_at_most_a_tenth_of_the_time():
+    """`swarm run` shows progress by reading every node: on a cloud store a thousand reads take
+    seconds, so the next read waits ten times as long as the last took (a fake clock)."""
+    from swarm_core.cli import _Paced
+
+    now, reads = [0.0], []
+
+    def read_nodes(seconds):
+        reads.append(now[0])
+        now[0] += seconds
+
+    took = [0.01]
+    paced = _Paced(lambda: read_nodes(took[0]), interval=0.3, clock=lambda: now[0])
+    assert paced() and not paced()  # due at once, then not before `interval`
+    now[0] = 0.3
+    took[0] = 2.0  # a slow store
+    assert paced()
+    for t in (2.3, 10.0, 20.2):
+        now[0] = t
+        assert not paced()
+    now[0] = 20.3
+    assert paced() and reads == [0.0, 0.3, 20.3]
