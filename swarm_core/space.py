@@ -173,12 +173,19 @@ class SpaceStore:
         """Save `spec` (+ code, tests, report) as the action's next version, adding the action if
         it is new (`new=True`: only then). Earlier versions are never touched. An active version
         becomes the one that runs and is routable at once; a draft runs only when asked for by
-        number, and is what the card shows only while the action has no active version."""
+        number, and is what the card shows only while the action has no active version.
+
+        The same code with the same spec as the newest version is that version, returned as it
+        is: a replay, or a second save of one function, adds nothing."""
         spec = self._stored_spec(spec, code)
         if new:
             self._check_new(spec.id)
         self._dry_run(spec)
         n = max(self.versions(spec.id), default=0) + 1
+        if n > 1 and not new:
+            newest = self.version(spec.id, n - 1)
+            if newest.code == code and newest.spec == spec.model_copy(update={"version": n - 1}):
+                return newest
         while True:  # create-if-absent: a concurrent save of the same action takes the next number
             record = FunctionVersion(spec=spec.model_copy(update={"version": n}), code=code, report=report, request=request, repairs=repairs)
             if self.store.create(version_key(spec.id, n), record.model_dump_json().encode()):

@@ -19,6 +19,8 @@ def test_fn_create_list_show_test_run(stub, tmp_path):
     steps = [line.split(":")[0] for line in created.stderr.splitlines() if line[:2] in ("1/", "2/", "3/", "4/", "5/")]
     assert steps == ["1/5 code", "2/5 spec", "3/5 tests", "4/5 run", "5/5 saved nth_prime v1 (active)"], created.stderr
     assert "Saved function `nth_prime` v1" in created.stdout and "3 LLM calls" in created.stderr
+    faster = NTH_PRIME.replace("candidate += 1", "candidate += 1  # next")  # other code: a new version
+    stub.responder = http_responder(scripted({**FACTORY, "write_code": {"code": faster}}))
     again = json.loads(swarm("fn", "create", "nth prime again", *store, "--json", env=env, check=0).stdout)
     assert again["version"] == 2 and again["status"] == "active" and again["usage"]["llm_calls"] == 3
     assert [s["step"] for s in again["steps"]] == ["code", "spec", "tests", "run", "saved"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -207,12 +208,16 @@ def test_spec_call_is_shaped_by_the_code_and_tests_overrule_a_described_type():
     assert spec.status == "active" and spec.output_schema == {}  # "string" was contradicted by the result 541
 
 
-def test_a_second_creation_is_a_new_version():
-    engine = make_engine(scripted(FACTORY))
-    first = engine.functions().create("nth prime")
-    second = engine.functions().create("nth prime, again")
+def test_a_second_creation_is_a_new_version_unless_it_wrote_the_same_function():
+    store = f"memory://{uuid.uuid4().hex}"
+    first = make_engine(scripted(FACTORY), store=store).functions().create("nth prime")
+    same = make_engine(scripted(FACTORY), store=store).functions().create("nth prime, again")
+    assert same == first  # the same code and spec: the version already saved
+    faster = NTH_PRIME.replace("candidate += 1", "candidate += 1  # next")
+    engine = make_engine(scripted({**FACTORY, "write_code": {"code": faster}}), store=store)
+    second = engine.functions().create("nth prime, faster")
     assert (first.spec.version, second.spec.version) == (1, 2) and engine.actions.version("nth_prime", 1) == first
-    assert engine.actions.load().get("nth_prime").version == 2
+    assert engine.actions.load().get("nth_prime").version == 2 and engine.actions.versions("nth_prime") == [1, 2]
 
 
 def test_a_different_function_with_a_taken_name_gets_its_own_id():
@@ -230,7 +235,7 @@ def test_a_different_function_with_a_taken_name_gets_its_own_id():
     other = engine.functions().create("count the items")
     again = engine.functions().create("count the items, again")  # the same arguments: the same function
     assert (first.spec.id, other.spec.id, again.spec.id) == ("solve", "solve_2", "solve_2")
-    assert (other.spec.version, again.spec.version) == (1, 2) and engine.actions.versions("solve") == [1]
+    assert again == other and engine.actions.versions("solve") == [1]  # the same code too: its version
     assert engine.exec_function("solve", {"n": 5}).result == 10 and engine.exec_function("solve_2", {"items": [1, 2, 3]}).result == 3
 
 
@@ -354,6 +359,18 @@ def test_goal_nth_prime_saves_the_function_and_reports_541():
     # every factory call is in the node's history, so the swarm replays offline
     calls = [c.schema_name for e in engine.events(sid) if e.node_id == "root.0.0" for c in e.llm_calls]
     assert calls == ["write_code", "extract_spec", "write_tests", "apply_function"]
+
+
+def test_a_replay_saves_no_second_version_of_the_function_its_original_wrote():
+    """The replay writes the same code with the same spec: that is the version already saved,
+    not a new one, so the replay's reports are its original's ("v1", not "v2")."""
+    engine = make_engine(nth_prime_swarm_script())
+    sid = run_goal(engine, GOAL)
+    rid, _ = engine.load_goal(GOAL, llm_source=f"replay:{sid}", replay_of=sid)
+    assert engine.dispatcher.wait(30) and engine.status(rid)["status"] == "done"
+    assert engine.actions.versions("nth_prime") == [1]
+    reports = lambda s: [(n.node_id, n.report) for n in engine.nodes(s)]  # noqa: E731
+    assert reports(rid) == reports(sid)
 
 
 def test_one_write_python_leaf_can_both_create_and_apply():
