@@ -505,22 +505,28 @@ def _answer(resp: Any, mode: str) -> Completion:
     """The text and token counts of a chat completion; an error for whatever else a server sent."""
     if isinstance(resp, str) or not isinstance(getattr(resp, "choices", None), list):  # an HTML page, `{"error": ...}`
         raise TypeError(f"not a chat completion: {(resp if isinstance(resp, str) else resp.to_json(indent=None))[:200]}")
+    prompt_tokens, completion_tokens = _tokens(resp.usage)
     if not resp.choices:
-        return Completion(None)
+        return Completion(None, prompt_tokens, completion_tokens)
     msg = resp.choices[0].message
     if msg is None:
         raise ValueError("its choice has no message")
-    text = msg.content
+    text, what = msg.content, "content"
     if mode == "tools" and msg.tool_calls:
-        text = msg.tool_calls[0].function.arguments
-    usage = resp.usage
-    return Completion(
-        text=text,
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
-        refusal=getattr(msg, "refusal", None),
-        cut=resp.choices[0].finish_reason == "length",
-    )
+        text, what = msg.tool_calls[0].function.arguments, "tool call's arguments"
+        if isinstance(text, dict):  # some servers send the arguments as an object, not as its JSON text
+            text = json.dumps(text)
+    refusal = getattr(msg, "refusal", None)
+    for value, name in ((text, what), (refusal, "refusal")):
+        if value is not None and not isinstance(value, str):  # the SDK does not check: stored as it is, it would not validate
+            raise TypeError(f"its message's {name} is not a string: {json.dumps(value)[:100]}")
+    return Completion(text, prompt_tokens, completion_tokens, refusal=refusal, cut=resp.choices[0].finish_reason == "length")
+
+
+def _tokens(usage: Any) -> tuple[int, int]:
+    """The prompt and completion token counts; 0 for one a server left out or sent as null."""
+    counts = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+    return tuple(n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0 for n in counts)  # type: ignore[return-value]
 
 
 def _api_message(exc: Exception) -> str:

@@ -181,10 +181,14 @@ UNREADABLE = [
     (Reply(body="<html>oops</html>"), "not valid JSON"),  # labelled JSON
     (Reply(body='{"error": {"message": "overloaded"}}'), 'not a chat completion: {"error":{"message":"overloaded"}}'),
     (Reply(body='{"id": "x", "choices": [{"index": 0, "finish_reason": "stop", "message": null}]}'), "its choice has no message"),
+    (Reply(body='{"choices": [{"index": 0, "message": {"content": [{"type": "text", "text": "{}"}]}}]}'),
+     """its message's content is not a string: [{"type": "text", "text": "{}"}]"""),
+    (Reply(body='{"choices": [{"index": 0, "message": {"content": null, "refusal": {"why": "no"}}}]}'),
+     """its message's refusal is not a string: {"why": "no"}"""),
 ]
 
 
-@pytest.mark.parametrize(("reply", "problem"), UNREADABLE, ids=["html", "not-json", "error-object", "null-message"])
+@pytest.mark.parametrize(("reply", "problem"), UNREADABLE, ids=["html", "not-json", "error-object", "null-message", "content-list", "refusal-object"])
 def test_an_answer_the_sdk_cannot_read_is_a_recorded_llm_error(stub, reply, problem):
     stub.queue(reply)
     s = session(stub)
@@ -192,6 +196,38 @@ def test_an_answer_the_sdk_cannot_read_is_a_recorded_llm_error(stub, reply, prob
         s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
     assert problem in str(err.value) and len(stub.requests) == 1  # not retried, not re-asked
     assert [(c.response, c.error) for c in s.calls] == [(None, str(err.value))] and s.usage.llm_calls == 1
+
+
+def _completion_body(message: dict, usage: dict | None) -> str:
+    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", **message}}
+    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice],
+                       **({"usage": usage} if usage is not None else {})})
+
+
+@pytest.mark.parametrize("usage", [None, {"prompt_tokens": None, "completion_tokens": None}, {"prompt_tokens": 7, "total_tokens": 7}],
+                         ids=["missing", "nulls", "no-completion-tokens"])
+def test_an_answer_with_incomplete_usage_is_taken_with_the_counts_it_has(stub, usage):
+    stub.queue(Reply(body=_completion_body({"content": '{"answer": "a", "n": 1}'}, usage)))
+    s = session(stub)
+    assert s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA) == {"answer": "a", "n": 1}
+    assert (s.usage.llm_calls, s.usage.prompt_tokens, s.usage.completion_tokens) == (1, (usage or {}).get("prompt_tokens") or 0, 0)
+    assert s.calls[0].response == '{"answer": "a", "n": 1}'
+
+
+def test_tool_call_arguments_sent_as_an_object_are_taken_as_its_json(stub):
+    call = {"id": "c", "type": "function", "function": {"name": "probe", "arguments": {"answer": "a", "n": 1}}}
+    stub.queue(Reply(body=_completion_body({"content": None, "tool_calls": [call]}, {"prompt_tokens": 3, "completion_tokens": 2})))
+    s = session(stub, mode="tools")
+    assert s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA) == {"answer": "a", "n": 1}
+    assert s.calls[0].response == '{"answer": "a", "n": 1}'
+
+
+def test_the_tokens_of_an_answer_with_no_choice_are_counted(stub):
+    stub.queue(Reply(body=json.dumps({"id": "x", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 0}})),
+               Reply(content='{"answer": "a", "n": 1}'))
+    s = session(stub)
+    assert s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA) == {"answer": "a", "n": 1}
+    assert s.calls[0].error == "empty answer" and s.calls[0].prompt_tokens == 3 and s.usage.prompt_tokens == 3 + 10
 
 
 def test_a_swarm_failed_by_an_unreadable_answer_replays_to_the_same_error(stub, monkeypatch):
