@@ -468,10 +468,21 @@ class OpenAITransport:
                     raise self._error(f"LLM server {self.server} answered HTTP {exc.status_code}: {_api_message(exc)}") from None
                 wait = _retry_wait(retry, exc.response.headers)
             except openai.APIConnectionError as exc:  # a timeout too
-                if retry == self.settings.max_retries:
-                    raise self._error(f"cannot reach the LLM server {self.server}: {exc}") from None
+                # a base URL with no http:// or https:// ("localhost:11434/v1") would fail every retry too
+                if retry == self.settings.max_retries or self.client.base_url.scheme not in ("http", "https"):
+                    raise self._error(f"cannot reach the LLM server {self.server}: {_connection_problem(exc)}") from None
                 wait = _retry_wait(retry, {})
             cooperative.sleep(wait)  # on the greenlet runner: an asyncio.sleep, no thread waits
+
+
+def _connection_problem(exc: Exception) -> str:
+    """The SDK's "Connection error." with what it hides: refused, no such host, TLS, the URL's scheme."""
+    import openai
+
+    cause = exc.__cause__
+    if cause is None or isinstance(exc, openai.APITimeoutError) or not str(cause):
+        return str(exc)
+    return f"{exc} ({str(cause)[:300]})"
 
 
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 8.0  # the backoff: 0.5, 1, 2, 4, 8, 8 ... seconds, less up to a quarter (jitter)

@@ -296,7 +296,17 @@ def test_an_unreachable_server_is_named_without_its_credentials(monkeypatch, url
     s = LLMSettings(base_url=url, model="m", max_retries=0, timeout_s=5)
     with pytest.raises(LLMError, match=r"cannot reach the LLM server http://127.0.0.1:9/v1/?: ") as err:
         LLMSession(transport=OpenAITransport(s), settings=s, key_prefix="root/0").ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
-    assert "hunter2" not in str(err.value)
+    assert "hunter2" not in str(err.value) and str(err.value).endswith("Connection error. ([Errno 111] Connection refused)")
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:9/v1", "localhost:9/v1"])
+def test_a_base_url_with_no_http_scheme_fails_at_once_saying_so(monkeypatch, url):
+    waits = []
+    monkeypatch.setattr(cooperative, "sleep", waits.append)
+    s = LLMSettings(base_url=url, model="m", max_retries=3)
+    with pytest.raises(LLMError, match=r"Connection error\. \(Request URL (is missing an 'http://'|has an unsupported protocol)"):
+        LLMSession(transport=OpenAITransport(s), settings=s, key_prefix="root/0").ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+    assert waits == []  # not retried: it would fail the same way
 
 
 def test_azure_goes_to_the_endpoint_the_environment_names_over_the_blueprints(stub, monkeypatch):
