@@ -162,11 +162,21 @@ def _loads(text: str) -> Any:
     return json.loads(text, strict=False, parse_float=_finite, parse_constant=_no_constant)
 
 
+_THINKING = re.compile(r"\s*<think>.*?</think>", re.S | re.I)
+
+
+def _without_thinking(text: str) -> str:
+    """The answer after the `<think>...</think>` block a reasoning model (DeepSeek-R1, Qwen3, QwQ)
+    may put first when its server does not take it out: its braces and drafts are no answer."""
+    return text[m.end() :] if (m := _THINKING.match(text)) else text
+
+
 def parse_json(text: str) -> Any:
-    """Parse an answer: plain JSON, JSON inside a ``` fence, or the outermost {...} of chatty text.
-    `strict=False` because grammar-constrained servers can emit raw newlines in strings; numbers
-    must be finite (NaN, Infinity and 1e999 are not JSON: stored, they would come back as null)."""
-    text = text.strip()
+    """Parse an answer: plain JSON, JSON inside a ``` fence, or the outermost {...} of chatty text,
+    after any leading thinking. `strict=False` because grammar-constrained servers can emit raw
+    newlines in strings; numbers must be finite (NaN, Infinity and 1e999 are not JSON: stored,
+    they would come back as null)."""
+    text = _without_thinking(text).strip()
     try:
         return _loads(text)
     except json.JSONDecodeError as first:
@@ -187,7 +197,7 @@ def _text_answer(text: str, field: str) -> dict:
         answer = parse_json(text)
     except ValueError:
         answer = None
-    return answer if isinstance(answer, dict) and field in answer else {field: text}
+    return answer if isinstance(answer, dict) and field in answer else {field: _without_thinking(text)}
 
 
 _HELD = {"type", "properties", "required", "additionalProperties", "items", "enum", "default", "description", "title"}

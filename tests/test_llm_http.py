@@ -361,6 +361,16 @@ def test_every_structured_output_mode_builds_its_request_and_validates(stub, mod
         assert json.dumps(SCHEMA) in req["messages"][0]["content"]
 
 
+def test_a_reasoning_models_thinking_before_its_answer_is_left_out(stub):
+    """DeepSeek-R1 or Qwen3 on a server that keeps `<think>` in the content: braces and drafts in it are no answer."""
+    stub.queue(Reply(content='<think>It wants {answer, n}. Draft: {"answer": "draft", "n": 0}</think>\n{"answer": "t", "n": 2}'),
+               Reply(content='<think>Code? ```python\ndef draft(): ...\n```</think>\n```python\ndef f():\n    return 1\n```'))
+    s = session(stub, mode="prompt")
+    assert s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA) == {"answer": "t", "n": 2}
+    code = s.ask([{"role": "user", "content": "code?"}], "write_code", {"type": "object", "properties": {"code": {"type": "string"}}}, text_field="code")
+    assert code == {"code": "\n```python\ndef f():\n    return 1\n```"} and s.calls[0].response.startswith("<think>")  # recorded as sent
+
+
 @pytest.mark.parametrize("mode", ["json_object_schema", "prompt"])
 def test_the_schema_joins_the_system_prompt_in_one_system_message(stub, mode):
     """llama.cpp's chat formats keep only the first system message."""
