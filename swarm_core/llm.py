@@ -607,15 +607,22 @@ def _grammar_safe(schema: Any) -> Any:
     return out
 
 
-def _is_strict(schema: dict) -> bool:
-    """OpenAI's strict mode needs every object closed and every property required."""
-    if schema.get("type") == "object" or "properties" in schema:
+def _is_strict(schema: Any, top: bool = True) -> bool:
+    """OpenAI's strict mode needs an object at the top, a type on every schema (it answers HTTP 400
+    to `{}`, a function's untyped argument, and to an array without items), and every object
+    closed with every property required."""
+    if not isinstance(schema, dict) or "type" not in schema:
+        return False
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    if top and types != ["object"]:
+        return False
+    if "object" in types or "properties" in schema:
         props = schema.get("properties", {})
         if schema.get("additionalProperties") is not False or set(schema.get("required", [])) != set(props):
             return False
-        return all(_is_strict(p) for p in props.values())
-    if "items" in schema:
-        return _is_strict(schema["items"])
+        return all(_is_strict(p, top=False) for p in props.values())
+    if "array" in types or "items" in schema:
+        return _is_strict(schema.get("items"), top=False)
     return True
 
 

@@ -62,6 +62,24 @@ def test_json_schema_request_is_strict_and_answer_validated(stub):
     assert rf["json_schema"]["schema"]["properties"]["n"] == {"type": "integer"}
 
 
+def _closed(props: dict) -> dict:
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+@pytest.mark.parametrize(("schema", "answer"), [
+    (_closed({"args": _closed({"x": {}})}), '{"args": {"x": [1, "a"]}}'),  # a function's untyped argument
+    (_closed({"args": _closed({"xs": {"type": "array"}})}), '{"args": {"xs": [1]}}'),  # `xs: list`
+    ({"type": "array", "items": {"type": "integer"}}, "[1, 2]"),  # an llm function's result
+], ids=["untyped", "array-without-items", "top-not-an-object"])
+def test_a_schema_openai_strict_mode_refuses_is_sent_not_strict(stub, schema, answer):
+    """OpenAI answers HTTP 400 to strict mode with a schema that has no type, an array without
+    items or a top that is not an object ("schema must have a 'type' key"): sent not strict, validated here."""
+    stub.queue(Reply(content=answer))
+    assert session(stub).ask([{"role": "user", "content": "hi"}], "function_args", schema) == json.loads(answer)
+    sent = stub.requests[0]["response_format"]["json_schema"]
+    assert sent["strict"] is False and sent["schema"] == schema
+
+
 def test_bounds_left_out_of_the_request_are_still_enforced(stub):
     stub.queue(Reply(content='{"answer": "x", "n": -1}'), Reply(content='{"answer": "x", "n": 1}'))
     s = session(stub)
