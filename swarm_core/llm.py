@@ -474,7 +474,7 @@ class OpenAITransport:
                     lambda: self._create_async(**request), lambda: self.client.chat.completions.create(**request)
                 )
             except openai.APIStatusError as exc:
-                if retry == self.settings.max_retries or (exc.status_code != 429 and exc.status_code < 500):
+                if retry == self.settings.max_retries or not _retryable(exc):
                     raise self._error(f"LLM server {self.server} answered HTTP {exc.status_code}: {_api_message(exc)}") from None
                 wait = _retry_wait(retry, exc.response.headers)
             except openai.APIConnectionError as exc:  # a timeout too
@@ -483,6 +483,14 @@ class OpenAITransport:
                     raise self._error(f"cannot reach the LLM server {self.server}: {_connection_problem(exc)}") from None
                 wait = _retry_wait(retry, {})
             cooperative.sleep(wait)  # on the greenlet runner: an asyncio.sleep, no thread waits
+
+
+def _retryable(exc: Any) -> bool:
+    """A 429 or a 5xx, except OpenAI's 429 for an account out of credit: waiting does not pay it."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    err = body.get("error", body)
+    out_of_credit = isinstance(err, dict) and "insufficient_quota" in (err.get("code"), err.get("type"))
+    return (exc.status_code == 429 and not out_of_credit) or exc.status_code >= 500
 
 
 def _connection_problem(exc: Exception) -> str:

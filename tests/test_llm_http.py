@@ -102,6 +102,15 @@ def test_only_429_and_5xx_are_retried_whatever_the_server_says(stub, status, req
     assert len(stub.requests) == requests  # the first request and max_retries=2 retries, or the first only
 
 
+def test_a_429_for_an_account_out_of_credit_is_not_retried(stub):
+    quota = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
+                       "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
+    stub.queue(*[Reply(status=429, body=json.dumps(quota), headers={"retry-after-ms": "1"})] * 3)
+    with pytest.raises(LLMError, match="answered HTTP 429: You exceeded your current quota"):
+        session(stub).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+    assert len(stub.requests) == 1
+
+
 def test_a_timeout_is_retried(stub):
     stub.queue(Reply(content='{"answer": "late", "n": 1}', delay_s=3), Reply(content='{"answer": "ok", "n": 1}'))
     assert session(stub, timeout_s=0.5).ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)["answer"] == "ok"
