@@ -7,6 +7,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from conftest import CLEAN_ENV, REPO
@@ -110,3 +111,47 @@ def test_gcp_entry_file_exposes_both_functions():
         assert name in gcp
     for name in ("azure-functions", "azure-storage-queue", "azure-identity", "adlfs", "openai", "pydantic"):
         assert name in azure
+
+
+# What each deployment imports: its entry file, then (lazily, on its first call) its store, dispatchers and model.
+DEPLOYED_IMPORTS = {
+    "deploy/gcp/requirements.txt": ("deploy/gcp/main.py", "backends.gcs", "google.cloud.tasks_v2", "google.cloud.pubsub_v1", "openai"),
+    "deploy/azure/requirements.txt": ("deploy/azure/function_app.py", "backends.azure", "azure.storage.queue", "azure.identity", "openai"),
+}
+ONLY_REQUIREMENTS = """
+import importlib.metadata as md, importlib.util, re, sys
+from packaging.requirements import Requirement
+requirements, entry, *modules = sys.argv[1:]
+names = [re.split(r"[<>=!~\\[; ]", line.strip())[0] for line in open(requirements) if line.strip() and not line.startswith("#")]
+allowed, todo = {"swarm"}, [n.lower().replace("_", "-") for n in names]  # swarm: the staged source
+while todo:  # every distribution the requirements install, with their own dependencies
+    name = todo.pop()
+    if name not in allowed:
+        allowed.add(name)
+        for r in md.distribution(name).requires or []:
+            req = Requirement(r)
+            if not req.marker or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name.lower().replace("_", "-"))
+owners = md.packages_distributions()
+class OnlyRequirements:
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        dists = {d.lower().replace("_", "-") for d in owners.get(top, ())}
+        if dists and not dists & allowed and top not in sys.stdlib_module_names:
+            raise ImportError(f"{name} comes from {sorted(dists)}, which {requirements} does not install")
+sys.meta_path.insert(0, OnlyRequirements())
+spec = importlib.util.spec_from_file_location("deployed_entry", entry)
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+for module in modules:
+    importlib.import_module(module)
+"""
+
+
+@pytest.mark.parametrize("requirements", sorted(DEPLOYED_IMPORTS))
+def test_a_deployment_imports_nothing_its_requirements_do_not_install(requirements):
+    """The cloud build installs only requirements.txt: what the code imports beyond it fails every call."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ONLY_REQUIREMENTS, requirements, *DEPLOYED_IMPORTS[requirements]],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=CLEAN_ENV,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
