@@ -75,8 +75,9 @@ def make_dispatcher(blueprint: SwarmBlueprint) -> Dispatcher:
 
 
 def payload(swarm_id: str, blueprint: NodeBlueprint) -> bytes:
-    """What every remote dispatcher delivers: the body `execute_node` accepts."""
-    return json.dumps({"swarm_id": swarm_id, "node": blueprint.model_dump(mode="json")}).encode()
+    """What every remote dispatcher delivers: the body `execute_node` accepts. UTF-8, not \\uXXXX
+    escapes, which made a long goal in a non-Latin script three times the size (too big for a queue)."""
+    return json.dumps({"swarm_id": swarm_id, "node": blueprint.model_dump(mode="json")}, ensure_ascii=False).encode()
 
 
 def give_up(engine: Engine, swarm_id: str, blueprint: NodeBlueprint, error: str, *, claim: int | None = None) -> bool:

@@ -152,3 +152,28 @@ def test_a_swarm_runs_through_the_azure_handlers_and_a_real_queue(azurite, stub,
     assert sorted(delivered) == ["root", "root", "root", "root.0.0", "root.0.1", "root.0.2", "root.1.0"]
     names = [r["response_format"]["json_schema"]["name"] for r in stub.requests]
     assert sorted(names) == ["break_down_goal", "supervise", "write_text", "write_text", "write_text"]
+
+
+def test_a_long_goal_in_another_script_still_fits_one_queue_message(azurite, tmp_path, monkeypatch):
+    """A goal may have 20,000 characters in any script: as \\uXXXX escapes this 12,000-character Russian
+    one took 62 KB, over the queue's 48 KB, so the root's delivery was refused and the swarm failed at once."""
+    import azure.functions as func
+    from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+    from functions import handlers
+
+    for name, value in {
+        "SWARM_STORE": f"file://{tmp_path / 'store'}", "SWARM_DISPATCHER": "azure_queue", "SWARM_AZURE_QUEUE": "long-goals",
+        "AzureWebJobsStorage": azurite, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "SWARM_DELIVERY_ATTEMPTS": "1",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    queue = QueueClient.from_connection_string(azurite, "long-goals", message_decode_policy=TextBase64DecodePolicy())
+    queue.create_queue()
+    goal = "Спланируй поездку. " * 630  # 11,970 characters
+    req = func.HttpRequest("POST", "http://localhost/api/load_goal", headers={"Content-Type": "application/json"}, body=json.dumps({"goal": goal}).encode())
+    resp = load_app()[0]["load_goal"](req)
+    assert resp.status_code == 202, resp.get_body()
+    sid = json.loads(resp.get_body())["swarm_id"]
+    assert handlers.engine().status(sid)["status"] != "failed", handlers.engine().node(sid, "root")[0].error
+    [message] = queue.receive_messages()
+    assert json.loads(message.content)["node"]["input"]["task"] == goal.strip()
