@@ -155,3 +155,24 @@ def test_a_deployment_imports_nothing_its_requirements_do_not_install(requiremen
         cwd=REPO, capture_output=True, text=True, timeout=120, env=CLEAN_ENV,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_gcp_redeploy_starts_execute_node_with_its_own_url(tmp_path):
+    """Redeployed without SWARM_EXECUTE_NODE_URL until a later update, execute_node answered every
+    delivery of a running swarm with a 500 for that long: longer than a queue retries (2+4+8+16 s)."""
+    fake = tmp_path / "bin" / "gcloud"
+    fake.parent.mkdir()
+    fake.write_text(  # every resource exists already; describing execute_node gives its URL
+        "#!/usr/bin/env bash\n"
+        'case "$*" in *"functions describe swarm-execute-node"*) echo https://swarm-execute-node-x1.a.run.app ;;'
+        ' *"functions describe"*) echo https://swarm-load-goal-x1.a.run.app ;; *"projects describe"*) echo 42 ;; esac\n'
+    )
+    fake.chmod(0o755)
+    proc = dry_run("deploy/gcp/deploy.sh", PROJECT="demo-proj", DRY_RUN="0", PATH=f"{fake.parent}:{os.environ['PATH']}")
+    assert proc.returncode == 0, proc.stderr
+    cmds = commands(proc)
+    execute = next(c for c in cmds if " functions deploy swarm-execute-node " in c)
+    assert "SWARM_EXECUTE_NODE_URL=https://swarm-execute-node-x1.a.run.app" in execute
+    assert not any(" run services update " in c for c in cmds)
+    load = next(c for c in cmds if " functions deploy swarm-load-goal " in c)
+    assert "SWARM_EXECUTE_NODE_URL=https://swarm-execute-node-x1.a.run.app" in load

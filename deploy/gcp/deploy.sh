@@ -166,11 +166,20 @@ deploy() {  # deploy NAME ENTRY_POINT ENV_VARS
 }
 
 # 7. execute_node first: its URL is what the dispatcher (and load_goal) deliver to
-deploy "$FN_EXECUTE" execute_node "$env_vars"
-EXECUTE_URL="$(value "https://$FN_EXECUTE-HASH.a.run.app" gcloud --project="$PROJECT" functions describe "$FN_EXECUTE" --gen2 --region="$REGION" --format='value(serviceConfig.uri)')"
+url_of() { gcloud --project="$PROJECT" functions describe "$1" --gen2 --region="$REGION" --format='value(serviceConfig.uri)'; }
+EXECUTE_URL=""
+if exists url_of "$FN_EXECUTE"; then EXECUTE_URL="$(url_of "$FN_EXECUTE")"; fi
+if [ -n "$EXECUTE_URL" ]; then
+  # A redeploy: the URL stays, so the new revision starts with it. Without it until a later update,
+  # every delivery to a running swarm failed (500) for longer than a queue retries.
+  deploy "$FN_EXECUTE" execute_node "$env_vars,SWARM_EXECUTE_NODE_URL=$EXECUTE_URL"
+else
+  deploy "$FN_EXECUTE" execute_node "$env_vars"
+  EXECUTE_URL="$(value "https://$FN_EXECUTE-HASH.a.run.app" url_of "$FN_EXECUTE")"
+  # New revision with its own URL in its environment (no rebuild); children go to that URL.
+  gc run services update "$FN_EXECUTE" --region="$REGION" --update-env-vars="SWARM_EXECUTE_NODE_URL=$EXECUTE_URL"
+fi
 env_vars+=",SWARM_EXECUTE_NODE_URL=$EXECUTE_URL"
-# New revision with its own URL in its environment (no rebuild); children go to that URL.
-gc run services update "$FN_EXECUTE" --region="$REGION" --update-env-vars="SWARM_EXECUTE_NODE_URL=$EXECUTE_URL"
 if [ "$AUTH" = iam ]; then
   gc functions add-invoker-policy-binding "$FN_EXECUTE" --region="$REGION" --member="serviceAccount:$SA"
 fi
@@ -188,7 +197,7 @@ fi
 
 # 8. load_goal: creates the swarm, dispatches the root
 deploy "$FN_LOAD" load_goal "$env_vars"
-LOAD_URL="$(value "https://$FN_LOAD-HASH.a.run.app" gcloud --project="$PROJECT" functions describe "$FN_LOAD" --gen2 --region="$REGION" --format='value(serviceConfig.uri)')"
+LOAD_URL="$(value "https://$FN_LOAD-HASH.a.run.app" url_of "$FN_LOAD")"
 if [ "$AUTH" = iam ] && [ -n "$INVOKER" ]; then
   gc functions add-invoker-policy-binding "$FN_LOAD" --region="$REGION" --member="$INVOKER"
 fi
