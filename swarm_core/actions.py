@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .llm import LLMSession
 from .models import AskUser, ChildReport, Fail, NodeBlueprint, NodeRecord, Outcome, Result, Spawn, SwarmHeader, child_id
@@ -97,11 +97,29 @@ class ActionSpace:
 
     @classmethod
     def from_dirs(cls, dirs: list[Path]) -> ActionSpace:
-        entries: dict[str, Entry] = {}
+        """A later folder overrides an earlier one file by file: `<id>/prompt.md` alone replaces
+        that action's prompt and keeps the rest (a new `<id>/action.toml` replaces its settings)."""
+        parts: dict[str, dict[str, Any]] = {}
+        folders: dict[str, FolderSpec] = {}
         for d in dirs:
             if not d.is_dir():
                 raise ActionError(f"action folder not found: {d}")
-            entries.update(_load_dir(str(d)))
+            own_folders, own_parts = _load_dir(str(d))
+            for fid, folder in own_folders:
+                folders[fid] = folder
+                parts.pop(fid, None)
+            for action_id, found in own_parts:
+                if "toml" not in found and action_id not in parts:
+                    raise ActionError(f"action {d / action_id}: no action.toml here or in an earlier action folder")
+                folders.pop(action_id, None)
+                parts.setdefault(action_id, {}).update(found)
+        entries: dict[str, Entry] = dict(folders)
+        for action_id, found in parts.items():
+            raw = {**found["toml"], **{k: v for k, v in found.items() if k not in ("toml", "source")}}
+            try:
+                entries[action_id] = ActionSpec(id=action_id, **raw)
+            except Exception as exc:
+                raise ActionError(f"action {found['source']}: {_first_error(exc)}") from None
         return cls(entries)
 
     def get(self, action_id: str) -> ActionSpec:
@@ -194,31 +212,54 @@ def _schema_problem(text: str) -> str | None:
 
 
 @lru_cache(maxsize=8)
-def _load_dir(actions_dir: str) -> tuple[tuple[str, Entry], ...]:
-    """Read every `<id>/action.toml` (+ prompt.md, *.schema.json) and `folders.toml`."""
+def _load_dir(actions_dir: str) -> tuple[tuple[tuple[str, FolderSpec], ...], tuple[tuple[str, dict[str, Any]], ...]]:
+    """Read `folders.toml` and, per `<id>/` folder, what it holds of action.toml (`toml`),
+    prompt.md and *.schema.json, parsed but not yet made into specs (see `from_dirs`)."""
     root = Path(actions_dir)
-    entries: dict[str, Entry] = {}
-    folders = root / "folders.toml"
-    if folders.exists():
-        for fid, raw in tomllib.loads(folders.read_text()).items():
-            entries[fid] = FolderSpec(id=fid, **raw)
-    for spec_file in sorted(root.glob("*/action.toml")):
-        folder = spec_file.parent
+    folders: dict[str, FolderSpec] = {}
+    folders_file = root / "folders.toml"
+    if folders_file.exists():
         try:
-            raw = tomllib.loads(spec_file.read_text())
+            table = tomllib.loads(folders_file.read_text(encoding="utf-8"))
+        except Exception as exc:
+            raise ActionError(f"action folders {folders_file}: {exc}") from None
+        for fid, raw in table.items():
+            try:
+                if not isinstance(raw, dict):
+                    raise ValueError("a folder is a [table], not a value")
+                folders[fid] = FolderSpec(id=fid, **raw)
+            except Exception as exc:
+                raise ActionError(f"action folders {folders_file}: [{fid}] {_first_error(exc)}") from None
+    actions: dict[str, dict[str, Any]] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        found: dict[str, Any] = {}
+        spec_file = folder / "action.toml"
+        try:
+            if spec_file.exists():
+                found["toml"] = tomllib.loads(spec_file.read_text(encoding="utf-8"))
             for part in ("input", "output"):
                 schema_file = folder / f"{part}.schema.json"
                 if schema_file.exists():
-                    raw[f"{part}_schema"] = json.loads(schema_file.read_text())
+                    found[f"{part}_schema"] = json.loads(schema_file.read_text(encoding="utf-8"))
             if (folder / "prompt.md").exists():
-                raw["prompt"] = (folder / "prompt.md").read_text()
-            spec = ActionSpec(id=folder.name, **raw)
+                found["prompt"] = (folder / "prompt.md").read_text(encoding="utf-8")
         except Exception as exc:
             raise ActionError(f"action {spec_file}: {exc}") from None
-        if not ACTION_ID.fullmatch(spec.id):
-            raise ActionError(f"action {spec_file}: id {spec.id!r} must match {ACTION_ID.pattern}")
-        entries[spec.id] = spec
-    return tuple(entries.items())
+        if not found:
+            continue  # not an action's folder
+        if not ACTION_ID.fullmatch(folder.name):
+            raise ActionError(f"action {spec_file}: id {folder.name!r} must match {ACTION_ID.pattern}")
+        found["source"] = spec_file if "toml" in found else folder
+        actions[folder.name] = found
+    return tuple(folders.items()), tuple(actions.items())
+
+
+def _first_error(exc: Exception) -> str:
+    """One line for a spec that does not validate: its first error, where it is."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc']) or '(top level)'}: {first['msg']}"
+    return str(exc)
 
 
 def render(template: str, variables: dict[str, Any]) -> str:

@@ -180,6 +180,20 @@ def test_a_setting_naming_what_does_not_exist_is_refused_at_start(tmp_path, sett
 
 
 @pytest.mark.parametrize(
+    "folders, needle",
+    [('[x]\nnme = "X"\n', "[x] name: Field required"), ("[x\n", "Expected ']'"), ('x = "X"\n', "[x] a folder is a [table]")],
+)
+def test_a_bad_folders_toml_is_one_line_naming_the_file(tmp_path, folders, needle):
+    (tmp_path / "actions").mkdir()
+    (tmp_path / "actions" / "folders.toml").write_text(folders)
+    file = tmp_path / "blueprint.toml"
+    file.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions", "actions"]\n')
+    proc = swarm("list", "--blueprint", str(file), "--store", f"file://{tmp_path}/s", check=2)
+    assert proc.stderr.startswith(f"swarm: error: action folders {tmp_path}/actions/folders.toml: ")
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize(
     "args, code",
     [(["run", ""], 2), (["status", "sw_00000000000000000000000000"], 2), (["tree", "sw_00000000000000000000000000"], 2), (["list"], 0)],
 )

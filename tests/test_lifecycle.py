@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import make_engine, run_goal
@@ -16,6 +17,9 @@ from swarm_core import cooperative
 from swarm_core.engine import CorruptRecord, NotWaiting, SwarmError
 from swarm_core.models import Budgets, InvalidId, NodeBlueprint
 from swarm_core.store import StoreError
+
+
+DEFAULT_ACTIONS = Path(__file__).resolve().parent.parent / "blueprints" / "default" / "actions"
 
 
 def kinds(engine, swarm_id, kind):
@@ -1127,6 +1131,31 @@ def test_a_blueprint_naming_a_missing_action_fails_at_start_up(setting, value, m
     with pytest.raises(ConfigError) as err:
         Engine(bp)
     assert message in str(err.value)
+
+
+def test_a_blueprint_folder_overrides_an_action_file_by_file(tmp_path):
+    """`actions/write_text/prompt.md` alone replaces the default's prompt and keeps its settings and schema."""
+    from swarm_core.actions import ActionError
+
+    (tmp_path / "actions" / "write_text").mkdir(parents=True)
+    (tmp_path / "actions" / "write_text" / "prompt.md").write_text("In a pirate's voice. Your task: {{task}}")
+    (tmp_path / "blueprint.toml").write_text(f'action_dirs = ["{DEFAULT_ACTIONS}", "actions"]\n')
+    prompts = []
+
+    def responder(messages, schema_name, schema, key):
+        if schema_name == "write_text":
+            prompts.append(messages[-1]["content"])
+        return default_responder()(messages, schema_name, schema, key)
+
+    engine = make_engine(responder, blueprint=str(tmp_path))
+    spec = engine.space.get("write_text")
+    assert spec.parent == "writing" and spec.output_schema["required"]  # kept from the default
+    assert engine.header(run_goal(engine)).status == "done"
+    assert sorted(prompts) == ["In a pirate's voice. Your task: first part", "In a pirate's voice. Your task: second part"]
+    (tmp_path / "actions" / "write_txt").mkdir()  # a typo: overrides nothing, and says so
+    (tmp_path / "actions" / "write_txt" / "prompt.md").write_text("x")
+    with pytest.raises(ActionError, match=r"write_txt: no action.toml here or in an earlier action folder"):
+        make_engine(blueprint=str(tmp_path))
 
 
 def test_giving_up_a_resume_still_counts_its_join():
