@@ -1152,10 +1152,12 @@ def test_a_blueprint_folder_overrides_an_action_file_by_file(tmp_path):
     assert spec.parent == "writing" and spec.output_schema["required"]  # kept from the default
     assert engine.header(run_goal(engine)).status == "done"
     assert sorted(prompts) == ["In a pirate's voice. Your task: first part", "In a pirate's voice. Your task: second part"]
-    (tmp_path / "actions" / "write_txt").mkdir()  # a typo: overrides nothing, and says so
-    (tmp_path / "actions" / "write_txt" / "prompt.md").write_text("x")
+    typo = tmp_path / "typo"  # a folder that overrides nothing says so
+    (typo / "actions" / "write_txt").mkdir(parents=True)
+    (typo / "actions" / "write_txt" / "prompt.md").write_text("x")
+    (typo / "blueprint.toml").write_text(f'action_dirs = ["{DEFAULT_ACTIONS}", "actions"]\n')
     with pytest.raises(ActionError, match=r"write_txt: no action.toml here or in an earlier action folder"):
-        make_engine(blueprint=str(tmp_path))
+        make_engine(blueprint=str(typo))
 
 
 def test_giving_up_a_resume_still_counts_its_join():
