@@ -31,6 +31,15 @@ SUPERVISOR = "supervise"
 ROUTER = "route"
 PYTHON_HANDLER = "swarm_core.actions:run_function"
 ACTION_ID = re.compile(r"[a-z][a-z0-9_]{0,63}")  # fullmatch: `$` would let a final "\n" by
+PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+# What a prompt may name: `NodeContext.variables`, the node's input, and what a built-in handler adds.
+VARIABLES = ("goal", "task", "context", "answer", "question", "depth", "max_depth")
+HANDLER_VARIABLES = {
+    "swarm_core.actions:report": (),
+    "swarm_core.actions:manage": ("actions", "feedback", "earlier"),
+    "swarm_core.actions:supervise": ("reports",),
+    "swarm_core.actions:route": ("options",),
+}
 
 if TYPE_CHECKING:
     from .factory import Functions
@@ -184,6 +193,7 @@ class ActionSpace:
                     problem = schema_problem(getattr(e, part))
                     if problem:
                         out.append(f"{where} {part} is not valid JSON Schema: {problem}")
+                out.extend(f"{where} {p}" for p in _prompt_problems(e))
         return out
 
     def _inside_itself(self, folder: str) -> bool:
@@ -194,6 +204,34 @@ class ActionSpace:
             seen.add(at)
             at = self.entries[at].parent
         return False
+
+
+def _prompt_problems(spec: ActionSpec) -> list[str]:
+    """An llm action without a prompt, or a prompt naming what its handler never fills (a typo
+    would otherwise reach the model as an empty string). A handler of your own is not checked."""
+    if spec.type == "llm" and not spec.prompt.strip():
+        return ["an llm action needs a prompt (prompt.md)"]
+    if spec.handler not in HANDLER_VARIABLES:
+        return []
+    known = {*VARIABLES, *HANDLER_VARIABLES[spec.handler], *spec.input_schema.get("properties", {})}
+    unknown = sorted({name for name in PLACEHOLDER.findall(spec.prompt) if name not in known})
+    if not unknown:
+        return []
+    return [f"prompt names {', '.join('{{' + n + '}}' for n in unknown)}, which nothing fills (it may use {', '.join(sorted(known))})"]
+
+
+def handler_problems(space: ActionSpace) -> list[str]:
+    """The actions whose handler (or builtin entry) cannot be imported, one line each."""
+    out = []
+    for key, entry in sorted(space.entries.items()):
+        if isinstance(entry, ActionSpec):
+            try:
+                load_handler(entry.handler)
+                if entry.type == "builtin" and entry.entry:
+                    load_handler(entry.entry)
+            except ActionError as exc:
+                out.append(f"{key}: {exc}")
+    return out
 
 
 def schema_problem(schema: dict[str, Any]) -> str | None:
@@ -269,7 +307,7 @@ def render(template: str, variables: dict[str, Any]) -> str:
         v = variables.get(m.group(1), "")
         return v if isinstance(v, str) else json.dumps(v, indent=1, ensure_ascii=False)
 
-    return re.sub(r"\{\{\s*([a-z_]+)\s*\}\}", value, template)
+    return PLACEHOLDER.sub(value, template)
 
 
 def _clip(text: str, limit: int = 4000) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Callable, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from . import cooperative
-from .actions import ActionError, ActionSpace, ActionSpec, NodeContext, run_action
+from .actions import ActionError, ActionSpace, ActionSpec, NodeContext, handler_problems, run_action
 from .config import ConfigError, SwarmBlueprint
 from .dispatch import Dispatcher, local_dispatcher
 from .executor import ExecResult, FunctionError
@@ -133,6 +133,10 @@ class Engine:
         # The deployment's own actions: read from the actions store at every node invocation.
         self.actions = SpaceStore(self.stores.actions, self.space)
         # Fail at start-up, not on the first goal or the first subtask nothing fits.
+        problems = self.space.problems() + handler_problems(self.space)
+        if problems:
+            folders = ", ".join(map(str, blueprint.action_paths))
+            raise ConfigError(f"blueprint {blueprint.name} (actions from {folders}): {'; '.join(problems)}")
         if not isinstance(self.space.entries.get(blueprint.root_action), ActionSpec):
             raise ConfigError(f"blueprint {blueprint.name}: root_action {blueprint.root_action!r} is not an action")
         fallback = blueprint.router.fallback

@@ -194,6 +194,27 @@ def test_a_bad_folders_toml_is_one_line_naming_the_file(tmp_path, folders, needl
 
 
 @pytest.mark.parametrize(
+    "files, needle",
+    [
+        ({"prompt.md": "Do {{taks}}."}, "write_text: prompt names {{taks}}, which nothing fills (it may use answer, context, "),
+        ({"output.schema.json": '{"type": "objekt"}'}, "write_text: output_schema is not valid JSON Schema: "),
+        ({"action.toml": 'name = "Poem"\ndescription = "d"\n', "prompt.md": " \n"}, "write_text: an llm action needs a prompt (prompt.md)"),
+        ({"action.toml": 'name = "Poem"\ndescription = "d"\nhandler = "nope:run"\n'}, "write_text: cannot load action handler 'nope:run'"),
+        ({"action.toml": 'name = "Poem"\ndescription = "d"\nparent = "poetry"\n'}, "write_text: parent 'poetry' is not a folder"),
+    ],
+)
+def test_an_action_the_blueprint_gets_wrong_is_refused_at_start(tmp_path, files, needle):
+    for name, text in files.items():
+        (tmp_path / "actions" / "write_text").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "actions" / "write_text" / name).write_text(text)
+    file = tmp_path / "blueprint.toml"
+    file.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions", "actions"]\n')
+    proc = swarm("list", "--blueprint", str(file), "--store", f"file://{tmp_path}/s", check=2)
+    assert proc.stderr.startswith(f"swarm: error: blueprint default (actions from {REPO}/blueprints/default/actions, {tmp_path}/actions): ")
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize(
     "args, code",
     [(["run", ""], 2), (["status", "sw_00000000000000000000000000"], 2), (["tree", "sw_00000000000000000000000000"], 2), (["list"], 0)],
 )
