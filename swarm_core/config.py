@@ -149,12 +149,14 @@ def load_blueprint(path: str | os.PathLike | None = None) -> SwarmBlueprint:
         raise ConfigError(f"blueprint {file} is not UTF-8 text") from None
     except OSError as exc:  # e.g. blueprint.toml is a folder, or unreadable
         raise ConfigError(f"cannot read blueprint {file}: {exc.strerror or exc}") from None
-    raw.setdefault("root", str(file.parent))
+    raw.setdefault("root", file.parent)
+    if isinstance(raw["root"], str):
+        raw["root"] = Path(raw["root"])
     overridden = {setting: var for setting, var in ENV_OVERRIDES.items() if os.environ.get(var)}
     for (section, key), var in overridden.items():
         raw.setdefault(section, {})[key] = os.environ[var]
     try:
-        blueprint = SwarmBlueprint.model_validate(raw)
+        blueprint = SwarmBlueprint.model_validate(raw, strict=True)  # `max_nodes = true` is no 1, nor "3" a 3
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(str(p) for p in first["loc"])

@@ -166,6 +166,19 @@ def test_a_bad_setting_is_one_line_naming_the_setting_and_its_source(tmp_path, s
 
 
 @pytest.mark.parametrize(
+    "setting, where",
+    [("[budgets]\nmax_nodes = true", "budgets.max_nodes"), ('[budgets]\nmax_depth = "2"', "budgets.max_depth"),
+     ("[llm]\nmax_repairs = false", "llm.max_repairs"), ('[dispatcher]\nconcurrency = "8"', "dispatcher.concurrency")],
+)
+def test_a_setting_of_the_wrong_type_is_refused_not_converted(tmp_path, setting, where):
+    """TOML has types: `true` is not the number 1, nor "2" the number 2 (a quoted value is a mistake)."""
+    file = tmp_path / "blueprint.toml"
+    file.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\n{setting}\n')
+    proc = swarm("list", "--blueprint", str(file), "--store", f"file://{tmp_path}/s", check=2)
+    assert proc.stderr.strip() == f"swarm: error: blueprint setting {where} from {file}: Input should be a valid integer"
+
+
+@pytest.mark.parametrize(
     "setting, needle",
     [
         ('[router]\nfallback = "nope_action"', "[router] fallback 'nope_action' is not a routable action"),
