@@ -8,6 +8,7 @@ any store or model.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -166,3 +167,16 @@ def load_blueprint(path: str | os.PathLike | None = None) -> SwarmBlueprint:
     if blueprint.factory.prompts != FactorySettings().prompts and not prompts.is_dir():  # a typo, not the default's fallback
         raise ConfigError(f"blueprint setting factory.prompts from {file}: folder {prompts} not found")
     return blueprint
+
+
+def load_recording(path: Path) -> dict:
+    """A recording of answers (`{"goal", "answers", …}`), or a ConfigError naming the file."""
+    try:
+        recording = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"recording not found: {path}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"recording {path} is not readable JSON: {exc}") from None
+    if not isinstance(recording, dict) or not isinstance(recording.get("goal"), str) or not isinstance(recording.get("answers"), dict):
+        raise ConfigError(f"recording {path}: expected an object with a \"goal\" string and an \"answers\" object")
+    return recording

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import cooperative
 from .actions import ActionError, ActionSpace, ActionSpec, NodeContext, handler_problems, run_action
-from .config import ConfigError, SwarmBlueprint
+from .config import ConfigError, SwarmBlueprint, load_recording
 from .dispatch import Dispatcher, local_dispatcher
 from .executor import ExecResult, FunctionError
 from .factory import Functions, Progress
@@ -485,7 +485,7 @@ class Engine:
         if source not in self._transports:  # a cache of clients, not swarm state
             if source.startswith("recording:"):
                 path = Path(source.split(":", 1)[1])
-                self._transports[source] = RecordedTransport(json.loads(path.read_text())["answers"], str(path))
+                self._transports[source] = RecordedTransport(load_recording(path)["answers"], str(path))
             elif source.startswith("replay:"):
                 self._transports[source] = self.replay_transport(source.split(":", 1)[1])
             else:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from .config import ConfigError, SwarmBlueprint, load_blueprint
+from .config import ConfigError, SwarmBlueprint, load_blueprint, load_recording
 from .dispatch import Dispatcher
 from .dispatchers import make_dispatcher
 from .actions import ActionError
@@ -31,7 +30,7 @@ def recording_path(blueprint: SwarmBlueprint) -> Path | None:
 
 def recorded_goal(blueprint: SwarmBlueprint) -> str | None:
     path = recording_path(blueprint)
-    return json.loads(path.read_text())["goal"] if path and path.exists() else None
+    return load_recording(path)["goal"] if path else None
 
 
 def llm_source_for(goal: str, blueprint: SwarmBlueprint) -> str:

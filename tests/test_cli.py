@@ -228,6 +228,22 @@ def test_an_action_the_blueprint_gets_wrong_is_refused_at_start(tmp_path, files,
 
 
 @pytest.mark.parametrize(
+    "recording, needle",
+    [(None, "recording not found: {file}"), ('{"goal": ', "recording {file} is not readable JSON: "),
+     ('{"goal": 3}', 'recording {file}: expected an object with a "goal" string and an "answers" object')],
+)
+def test_a_recording_the_blueprint_names_that_is_missing_or_broken_is_one_line(tmp_path, recording, needle):
+    """Without a model a goal needs the recording; a typo'd path is not "no LLM configured" with no hint."""
+    file = tmp_path / "demo.json"
+    if recording is not None:
+        file.write_text(recording)
+    blueprint = tmp_path / "blueprint.toml"
+    blueprint.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions"]\nrecording = "demo.json"\n')
+    proc = swarm("run", "hello", "--blueprint", str(blueprint), "--store", f"file://{tmp_path}/s", check=2)
+    assert proc.stderr.startswith("swarm: error: " + needle.format(file=file)) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize(
     "args, code",
     [(["run", ""], 2), (["status", "sw_00000000000000000000000000"], 2), (["tree", "sw_00000000000000000000000000"], 2), (["list"], 0)],
 )
