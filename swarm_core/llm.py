@@ -50,6 +50,17 @@ class LLMSettings(BaseModel):
     timeout_s: float = Field(120, gt=0)
     max_repairs: int = Field(2, ge=0)
     azure_api_version: str = "2024-10-21"
+    # An OpenAI reasoning model (o1, o3, o4-mini, gpt-5...) answers HTTP 400 to `max_tokens` and to
+    # any temperature: it gets `max_completion_tokens` and none. None: known by the model's name.
+    reasoning: bool | None = None
+
+    @property
+    def is_reasoning(self) -> bool:
+        return bool(_REASONING_MODEL.match(self.model)) if self.reasoning is None else self.reasoning
+
+
+# o1, o3-mini, o4-mini, gpt-5, gpt-5.1, gpt-5-mini; a router's "openai/o3" too
+_REASONING_MODEL = re.compile(r"([\w.-]+/)?(o[1-9]|gpt-5)(?![0-9a-z])", re.I)
 
 
 @dataclass
@@ -438,8 +449,10 @@ class OpenAITransport:
         import openai
 
         s = self.settings
-        temperature = s.temperature if temperature is None else temperature
-        kwargs: dict[str, Any] = {"model": s.model, "temperature": temperature, "max_tokens": s.max_tokens}
+        if s.is_reasoning:
+            kwargs: dict[str, Any] = {"model": s.model, "max_completion_tokens": s.max_tokens}
+        else:
+            kwargs = {"model": s.model, "temperature": s.temperature if temperature is None else temperature, "max_tokens": s.max_tokens}
         mode = "text" if text else s.mode  # a free-text answer goes without any structured-output form
         if mode == "json_schema":
             strict = _is_strict(schema)

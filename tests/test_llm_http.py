@@ -80,6 +80,24 @@ def test_a_schema_openai_strict_mode_refuses_is_sent_not_strict(stub, schema, an
     assert sent["strict"] is False and sent["schema"] == schema
 
 
+@pytest.mark.parametrize(("model", "reasoning", "sent"), [
+    ("gpt-4o-mini", None, {"max_tokens": 999, "temperature": 0.3}),
+    ("o4-mini", None, {"max_completion_tokens": 999}),  # OpenAI answers 400 to max_tokens or a temperature
+    ("gpt-5-mini", None, {"max_completion_tokens": 999}),
+    ("my-azure-deployment", True, {"max_completion_tokens": 999}),  # a deployment's name says nothing
+    ("o3", False, {"max_tokens": 999, "temperature": 0.3}),  # a server of your own named like one
+], ids=["chat", "o-series", "gpt-5", "named-reasoning", "named-not-reasoning"])
+def test_a_reasoning_model_gets_max_completion_tokens_and_no_temperature(stub, model, reasoning, sent):
+    stub.queue(Reply(content='{"answer": "a", "n": 1}'), Reply(content='{"answer": "a", "n": 1}'))
+    s = session(stub, model=model, reasoning=reasoning, max_tokens=999, temperature=0.3)
+    s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA)
+    s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA, temperature=0.8)  # a factory draft's
+    for req in stub.requests:
+        assert {k: req[k] for k in ("max_tokens", "max_completion_tokens", "temperature") if k in req} == (
+            sent if "temperature" not in sent else {**sent, "temperature": req["temperature"]})
+    assert [r.get("temperature") for r in stub.requests] == ([0.3, 0.8] if "temperature" in sent else [None, None])
+
+
 def test_bounds_left_out_of_the_request_are_still_enforced(stub):
     stub.queue(Reply(content='{"answer": "x", "n": -1}'), Reply(content='{"answer": "x", "n": 1}'))
     s = session(stub)
