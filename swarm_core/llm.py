@@ -562,7 +562,10 @@ def _answer(resp: Any, mode: str) -> Completion:
     for value, name in ((text, what), (refusal, "refusal")):
         if value is not None and not isinstance(value, str):  # the SDK does not check: stored as it is, it would not validate
             raise TypeError(f"its message's {name} is not a string: {json.dumps(value)[:100]}")
-    return Completion(text, prompt_tokens, completion_tokens, refusal=refusal, cut=resp.choices[0].finish_reason == "length")
+    finish = resp.choices[0].finish_reason
+    if refusal is None and not text and finish == "content_filter":  # Azure OpenAI's filter: kept as a refusal, so replays say it too
+        refusal = "the server's content filter withheld its answer (finish_reason content_filter)"
+    return Completion(text, prompt_tokens, completion_tokens, refusal=refusal, cut=finish == "length")
 
 
 def _tokens(usage: Any) -> tuple[int, int]:

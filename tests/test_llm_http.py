@@ -259,6 +259,17 @@ def test_an_answer_with_incomplete_usage_is_taken_with_the_counts_it_has(stub, u
     assert s.calls[0].response == '{"answer": "a", "n": 1}'
 
 
+def test_an_answer_withheld_by_a_content_filter_says_so_and_replays_alike(stub):
+    """Azure OpenAI's filter: no content, finish_reason "content_filter"; not "empty answer"."""
+    filtered = json.loads(_completion_body({"content": None}, {"prompt_tokens": 3, "completion_tokens": 0}))
+    filtered["choices"][0]["finish_reason"] = "content_filter"
+    stub.queue(Reply(body=json.dumps(filtered)), Reply(content='{"answer": "a", "n": 1}'))
+    s = session(stub)
+    assert s.ask([{"role": "user", "content": "hi"}], "probe", SCHEMA) == {"answer": "a", "n": 1}
+    assert s.calls[0].error == "the model refused: the server's content filter withheld its answer (finish_reason content_filter)"
+    assert s.calls[0].refusal  # recorded, so a replay gives the same error back
+
+
 def test_tool_call_arguments_sent_as_an_object_are_taken_as_its_json(stub):
     call = {"id": "c", "type": "function", "function": {"name": "probe", "arguments": {"answer": "a", "n": 1}}}
     stub.queue(Reply(body=_completion_body({"content": None, "tool_calls": [call]}, {"prompt_tokens": 3, "completion_tokens": 2})))
