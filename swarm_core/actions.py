@@ -31,7 +31,7 @@ SUPERVISOR = "supervise"
 ROUTER = "route"
 PYTHON_HANDLER = "swarm_core.actions:run_function"
 ACTION_ID = re.compile(r"[a-z][a-z0-9_]{0,63}")  # fullmatch: `$` would let a final "\n" by
-PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")  # an input property may be any Python name
 # What a prompt may name: `NodeContext.variables`, the node's input, and what a built-in handler adds.
 VARIABLES = ("goal", "task", "context", "answer", "question", "depth", "max_depth")
 HANDLER_VARIABLES = {

@@ -210,6 +210,7 @@ def test_a_bad_folders_toml_is_one_line_naming_the_file(tmp_path, folders, needl
     "files, needle",
     [
         ({"prompt.md": "Do {{taks}}."}, "write_text: prompt names {{taks}}, which nothing fills (it may use answer, context, "),
+        ({"prompt.md": "Do {{Task}} as {{task2}} said."}, "write_text: prompt names {{Task}}, {{task2}}, which nothing fills"),
         ({"output.schema.json": '{"type": "objekt"}'}, "write_text: output_schema is not valid JSON Schema: "),
         ({"action.toml": 'name = "Poem"\ndescription = "d"\n', "prompt.md": " \n"}, "write_text: an llm action needs a prompt (prompt.md)"),
         ({"action.toml": 'name = "Poem"\ndescription = "d"\nhandler = "nope:run"\n'}, "write_text: cannot load action handler 'nope:run'"),

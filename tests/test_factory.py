@@ -311,6 +311,14 @@ def test_exec_function_runs_python_llm_and_builtin_actions():
     )
     llm = LLMSession(FunctionTransport(lambda m, n, s, k: {"text": m[-1]["content"].replace("Greet", "Hello")}), LLMSettings(), "t/0")
     assert exec_function(space, "greet", {"who": "Ada"}, sandbox=settings, llm=llm).result == {"text": "Hello Ada."}
+    space.add(  # an argument's name may have capitals and digits, as a Python argument's may
+        ActionSpec(
+            id="greet2", name="greet2", description="greets two", type="llm", prompt="Greet {{who2}} and {{Other}}.",
+            input_schema={"type": "object", "properties": {"who2": {"type": "string"}, "Other": {"type": "string"}}},
+            output_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        )
+    )
+    assert exec_function(space, "greet2", {"who2": "Ada", "Other": "Bo"}, sandbox=settings, llm=llm).result == {"text": "Hello Ada and Bo."}
 
 
 # --- in the swarm -------------------------------------------------------------------------
