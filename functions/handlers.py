@@ -262,8 +262,14 @@ def _load_goal(method: str, body: bytes | None, headers: dict[str, str], fields:
     with eng.dispatcher.batch() as undelivered:  # type: ignore[attr-defined]
         swarm_id, root = eng.load_goal(goal, budgets=budgets, llm_source=source)
         fields.update(swarm_id=swarm_id, node_id=root, status="created")
-    if undelivered:
+    if undelivered:  # the root was given up, which fails the swarm: no 202 for it
         fields["undelivered"] = len(undelivered)
+        try:
+            ended = eng.header(swarm_id).status == "failed"
+        except Exception:  # noqa: BLE001 - the store is down too: the swarm was not marked failed
+            ended = False
+        then = "so it failed" if ended else f"and it could not be marked failed (`swarm resume {swarm_id}` delivers it again)"
+        raise Rejected(502, f"swarm {swarm_id} was created, but its root could not be delivered, {then}: {undelivered[0]}", "undelivered")
     return Reply(202, {"swarm_id": swarm_id, "root_node_id": root})
 
 

@@ -302,6 +302,26 @@ def test_deliveries_are_retried_and_a_node_that_keeps_failing_fails_while_the_sw
     assert all(count == 2 for key, count in flaky.seen.items() if not key.startswith("root.0.1@")), flaky.seen
 
 
+def test_a_goal_whose_root_cannot_be_delivered_is_a_502_naming_the_failed_swarm(stub, tmp_path):
+    """Not a 202 for a swarm that has already failed: the caller learns it at once, and which one."""
+    stub.responder = http_responder(default_responder())
+    store = f"file://{tmp_path / 'store'}"
+    port = free_port_pair()
+    flaky = FlakyFront(port + 1, doomed="root")
+    env = {"SWARM_STORE": store, "OPENAI_BASE_URL": stub.base_url, "SWARM_DELIVERY_ATTEMPTS": "2", "SWARM_EXECUTE_NODE_URL": flaky.url}
+    try:
+        with Functions(tmp_path, env, port=port) as fns:
+            status, body = post(fns.load_goal, {"goal": "Write three things"})
+    finally:
+        flaky.server.shutdown()
+    assert status == 502 and body["error"] == "undelivered", body
+    swarm_id = body["detail"].split()[1]
+    assert body["detail"].startswith(f"swarm {swarm_id} was created, but its root could not be delivered, so it failed: ")
+    assert "delivery of root (round 0) via http failed after 2 attempt(s): HTTP 503" in body["detail"]
+    final = json.loads(swarm_cli("status", swarm_id, "--json", "--store", store).stdout)
+    assert final["status"] == "failed" and flaky.seen["root@0"] == 2
+
+
 def test_the_queues_last_attempt_gives_up_the_claim_its_delivery_made(monkeypatch, tmp_path):
     # execute_node claimed the root, its outcome event failed, and handing the claim back failed
     # too; on the queue's last attempt the handler must fail the node it claimed, so the swarm ends.
