@@ -466,6 +466,13 @@ def _finish(engine: Engine, swarm_id: str, args, status: dict[str, Any], extra: 
     if errors:  # whatever the status: a node answered but still `waiting_user` did not run either
         failed = f"{len(errors)} invocation(s) failed, first: {errors[0]}; finish with `swarm resume {swarm_id}`"
         status["error"] = f"{status['error']}; {failed}" if status["error"] else failed
+    elif status["status"] == "running" and not isinstance(engine.dispatcher, RemoteDispatcher):
+        # idle here, and not ended: another process (a `swarm run`, another `swarm resume`) holds nodes
+        held = [n.node_id for n in engine.nodes(swarm_id) if n.status == "running"]
+        if held:
+            names = ", ".join(held[:5]) + (", …" if len(held) > 5 else "")
+            status["error"] = (f"{len(held)} node(s) still running in another process ({names}): it finishes the "
+                               f"swarm; `swarm status {swarm_id}` follows it, `swarm resume {swarm_id}` if it died")
     if args.json:
         nodes = _node_rows(engine.nodes(swarm_id))
         print(json.dumps({**{k: status[k] for k in ("swarm_id", "status", "report", "error", "usage", "waiting")}, "nodes": nodes, **(extra or {})}))

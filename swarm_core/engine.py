@@ -14,7 +14,9 @@ import copy
 import json
 import logging
 import math
+import os
 import random
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,6 +315,7 @@ class Engine:
                 "status": "running",
                 "attempt": rec.attempt + 1,
                 "lease_until": time.time() + self.blueprint.dispatcher.lease_seconds,
+                "worker": this_worker(),
                 "updated_at": now(),
             }
         )
@@ -438,15 +441,23 @@ class Engine:
     def resume(self, swarm_id: str) -> int:
         """Finish a swarm whose workers died: re-deliver whatever was left in flight.
 
-        Assumes no other worker is still running this swarm (nodes marked running are
-        taken over at once). Safe to run twice: every step it repeats is idempotent.
-        Returns how many deliveries it made."""
+        A node marked running is taken over at once, unless its claim is held by a process still
+        alive on this host (another `swarm resume`, the `swarm run` that started it) with its lease
+        not run out: that process finishes it. A claim made elsewhere cannot be checked: it is
+        taken over (so run this when no other host works on the swarm). Safe to run twice, or at
+        the same time: every step it repeats is idempotent. Returns how many deliveries it made."""
         header = self.header(swarm_id)
         sent = 0
+        held: list[NodeRecord] = []
         for rec in self.nodes(swarm_id):
             if rec.status == "running":
+                rec, version = self.node(swarm_id, rec.node_id)  # as it is now: another resume may have taken it over
+                if rec.status != "running":
+                    continue
+                if rec.lease_until and rec.lease_until > time.time() and _alive(rec.worker):
+                    held.append(rec)
+                    continue
                 # Its claimer died: hand the node back the state it was claimed from, deliver it again.
-                _, version = self.node(swarm_id, rec.node_id)
                 if rec.blueprint.round == 0:
                     back = _spent(rec).model_copy(update={"status": "pending", "lease_until": None})
                 else:
@@ -474,6 +485,11 @@ class Engine:
                 sent += self._answer_as_recorded(header, rec)  # a replay that died before its answer
             elif rec.status in TERMINAL:
                 self._terminate(header, rec, recovering=True)
+        if held:
+            owners = ", ".join(sorted({(r.worker or "").split("/")[2] for r in held}))
+            names = ", ".join(r.node_id for r in held[:5]) + (", …" if len(held) > 5 else "")
+            log.warning("%s: %d node(s) running in process %s on this host, which finishes them: %s",
+                        swarm_id, len(held), owners, names)
         return sent
 
     # --- running one node ------------------------------------------------------
@@ -1024,6 +1040,54 @@ def _routable(space: ActionSpace, action_id: str) -> bool:
 def _attempt(event: Event) -> float:
     """The claim an outcome event came from; events written before events carried it sort last."""
     return event.data.get("attempt", math.inf)
+
+
+_WORKER: tuple[int, str] | None = None
+
+
+def this_worker() -> str:
+    """Who makes a claim, as `host/boot/pid/start`: `resume` can then tell a claim whose process
+    died from one a process on this host still holds. The boot id and the process's start time
+    tell a reused pid from the claimer (on Linux; elsewhere they are empty)."""
+    global _WORKER
+    pid = os.getpid()
+    if _WORKER is None or _WORKER[0] != pid:  # a forked worker is a worker of its own
+        _WORKER = pid, f"{socket.gethostname()}/{_boot_id()}/{pid}/{_started(pid)}"
+    return _WORKER[1]
+
+
+def _alive(worker: str | None) -> bool:
+    """Whether the process that made a claim is still running; False if it died, or if the claim
+    names none or another host (then nothing says it is alive: it is taken over, as before)."""
+    try:
+        host, boot, pid, started = (worker or "").split("/")
+        if (host, boot) != (socket.gethostname(), _boot_id()):
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    except (ValueError, OSError):
+        return False
+    return _started(int(pid)) == started
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _started(pid: int) -> str:
+    """When process `pid` started, in clock ticks since boot ("" where /proc does not say, or
+    for a zombie: a killed process its parent has not reaped yet)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return "" if fields[0] in "ZX" else fields[19]
+    except (OSError, IndexError):
+        return ""
 
 
 def _waited_in(rec: NodeRecord) -> str:

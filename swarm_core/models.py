@@ -195,6 +195,7 @@ class NodeRecord(Model):
     committed: Usage = Field(default_factory=Usage)  # the part of `usage` already in the swarm's counters
     attempt: int = 0
     lease_until: float | None = None
+    worker: str | None = None  # the process that made the last claim (see `engine.this_worker`)
     created_at: str = Field(default_factory=now)
     updated_at: str = Field(default_factory=now)
 

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -595,6 +596,73 @@ def test_sigkill_mid_run_then_resume_completes_without_duplicates(stub, tmp_path
     events = json.loads(swarm("history", sid, "--json", "--store", store, check=0).stdout)["events"]
     outcomes = [(e["node_id"], e["round"]) for e in events if e["kind"] == "outcome"]
     assert len(outcomes) == len(set(outcomes)) == 10  # root r0, 6 parts, supervisor, root r1 and r2
+
+
+def _held_leaves(stub, gate: threading.Event, held: int = 6):
+    """The six-leaf plan, whose first `held` leaf calls wait for `gate` (a process that holds its nodes)."""
+    plan = http_responder(default_responder(subtasks=[f"part {i}" for i in range(6)]))
+    seen = []
+
+    def respond(req):
+        if req["response_format"]["json_schema"]["name"] == "write_text":
+            with lock:
+                seen.append(req)
+                wait = len(seen) <= held
+            if wait:
+                gate.wait(60)
+        return plan(req)
+
+    lock = threading.Lock()
+    stub.responder = respond
+
+
+def _until(check, what: str, timeout: float = 30) -> None:
+    deadline = time.time() + timeout  # a safety net: `check` says when
+    while not check():
+        assert time.time() < deadline, f"never: {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("holder", ["the run", "another resume"])
+def test_resume_leaves_the_nodes_a_live_process_is_running_to_it(stub, tmp_path, holder):
+    """`swarm resume` takes over at once only the claims whose process died: two resumes at once,
+    or one while `swarm run` still runs, run no node twice."""
+    store, gate = f"file://{tmp_path}", threading.Event()
+    env = {**CLEAN_ENV, "OPENAI_BASE_URL": stub.base_url}
+    leaves = lambda: [r for r in stub.requests if r["response_format"]["json_schema"]["name"] == "write_text"]  # noqa: E731
+    if holder == "the run":
+        _held_leaves(stub, gate)
+        cmd = ["run", "six parts"]
+    else:  # a run killed with its six leaves running, then a resume that holds them again
+        proc, sid = _fanned_out_run(stub, tmp_path, leaf_delay_s=30.0)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _held_leaves(stub, gate)
+        cmd = ["resume", sid]
+    before = len(leaves())
+    holding = subprocess.Popen(
+        [sys.executable, "-m", "swarm_core.cli", *cmd, "--store", store, "--json"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _until(lambda: len(leaves()) == before + 6, "the six leaves running")
+        sid = next(tmp_path.glob("swarms/*")).name
+        second = swarm("resume", sid, "--store", store, "--json", env=env, check=1)
+        assert len(leaves()) == before + 6  # it ran none of them again
+        assert "6 node(s) running in process" in second.stderr and "Traceback" not in second.stderr
+        assert "still running in another process" in json.loads(second.stdout)["error"]
+        gate.set()
+        stdout, stderr = holding.communicate(timeout=60)
+    finally:
+        gate.set()
+        holding.kill()
+    assert holding.returncode == 0, stderr
+    assert json.loads(stdout)["status"] == "done"
+    assert len(leaves()) == before + 6
+    events = json.loads(swarm("history", sid, "--json", "--store", store, check=0).stdout)["events"]
+    assert not [e for e in events if e["kind"] == "superseded"]
+    outcomes = [(e["node_id"], e["round"]) for e in events if e["kind"] == "outcome"]
+    assert len(outcomes) == len(set(outcomes)) == 10
 
 
 def test_following_a_swarm_reads_its_nodes_at_most_a_tenth_of_the_time():
