@@ -559,11 +559,14 @@ def cmd_tree(args) -> int:
     if args.json:
         print(json.dumps({"swarm_id": args.swarm_id, "nodes": _node_rows(nodes)}))
     else:
-        tree = render_tree(nodes, f"[bold]{args.swarm_id}[/] {escape(engine.header(args.swarm_id).goal)}")
-        # `out` soft-wraps, which makes rich crop each label at the console's width (80 in a pipe):
-        # on a terminal labels wrap inside the tree; into a pipe each node stays one whole line
-        (out if out.is_terminal else _Console(width=100_000)).print(tree, soft_wrap=False)
+        _print_tree(render_tree(nodes, f"[bold]{args.swarm_id}[/] {escape(engine.header(args.swarm_id).goal)}"))
     return 0
+
+
+def _print_tree(tree: Tree) -> None:
+    """`out` soft-wraps, which makes rich crop each label at the console's width (80 in a pipe):
+    on a terminal labels wrap inside the tree; into a pipe each label stays one whole line."""
+    (out if out.is_terminal else _Console(width=100_000)).print(tree, soft_wrap=False)
 
 
 def cmd_history(args) -> int:
@@ -838,7 +841,7 @@ def cmd_actions_tree(args) -> int:
                 branch.add(f"{item['id']} [dim]{item['type']} v{item['version']}[/]{state} {escape(_short(item['description'], 70))}{tag}")
 
     add(root, nodes)
-    out.print(root)
+    _print_tree(root)
     return 0
 
 

@@ -121,6 +121,8 @@ def test_actions_add_move_rm_tree_validate(tmp_path):
     assert functions["children"][0]["id"] == "maths" and functions["children"][0]["children"][0]["id"] == "inc"
     text = swarm("actions", "tree", *store, check=0).stdout
     assert "inc python v1" in text and "maths/ Arithmetic on [/var/log] list[int]" in text  # text, not markup
+    # piped: each entry one whole line, not cut at 80 columns (the software folder's tags come last)
+    assert "software/ Produce or run code: Python functions, scripts, calculations done by … (built-in) · fallback write_python\n" in text
     assert swarm("actions", "rm", "maths", *store).returncode == 2  # not empty
     swarm("actions", "move", "inc", "software", *store, check=0)
     swarm("actions", "rm", "maths", *store, check=0)
