@@ -55,6 +55,8 @@ def test_gcp_cloud_tasks_dry_run():
     assert roles == {"roles/storage.objectUser", "roles/secretmanager.secretAccessor", "roles/cloudtasks.enqueuer", "roles/iam.serviceAccountUser"}
     assert any("add-invoker-policy-binding swarm-load-goal" in c and "--member=user:me@example.com" in c for c in cmds)
     assert "load_goal     https://swarm-load-goal-HASH.a.run.app" in proc.stdout
+    # the package is not on PyPI: `pip install 'swarm[gcp]'` would fetch another project's
+    assert "(pip install -e '.[gcp]' in this checkout," in proc.stdout and "swarm[" not in proc.stdout
 
 
 def test_gcp_pubsub_dry_run_and_bad_combinations():

@@ -212,4 +212,4 @@ if [ "$AUTH" = iam ]; then
 else
   echo "start a swarm: curl -X POST $LOAD_URL -H \"Authorization: Bearer \$SWARM_API_TOKEN\" -H 'Content-Type: application/json' -d '{\"goal\": \"...\"}'"
 fi
-echo "watch it:      SWARM_STORE=gs://$BUCKET/$STORE_PREFIX swarm status ID   (pip install 'swarm[gcp]', gcloud auth application-default login)"
+echo "watch it:      SWARM_STORE=gs://$BUCKET/$STORE_PREFIX swarm status ID   (pip install -e '.[gcp]' in this checkout, gcloud auth application-default login)"
