@@ -206,7 +206,7 @@ def _parser(json_asked: bool = False) -> argparse.ArgumentParser:
         "run",
         cmd_run,
         "run a goal to the end, showing the tree live",
-        (["goal"], {"help": "what the swarm should achieve"}),
+        (["goal"], {"help": "what the swarm should achieve (-: read it from standard input)"}),
         (["--budget"], {"action": "append", "default": [], "metavar": "NAME=N", "help": f"override a budget ({', '.join(Budgets.model_fields)}), e.g. max_nodes=50"}),
     )
     cmd("status", cmd_status, "show a swarm's status, usage and waiting questions", swarm_id)
@@ -239,7 +239,7 @@ def _parser(json_asked: bool = False) -> argparse.ArgumentParser:
         "answer a node's question and let its branch go on",
         swarm_id,
         (["node_id"], {"metavar": "NODE"}),
-        (["text"], {"metavar": "TEXT"}),
+        (["text"], {"metavar": "TEXT", "help": "the answer (-: read it from standard input)"}),
     )
     add_serve_parser(sub, common)
 
@@ -520,7 +520,18 @@ def _budgets(engine: Engine, items: list[str]) -> dict[str, int]:
     return budgets
 
 
+def _text(value: str, what: str) -> str:
+    """A goal or an answer as given, or read from standard input when given as `-` (a long
+    text from a file or another command). Bytes that are not UTF-8 reach `check_text`, which says so."""
+    if value != "-":
+        return value
+    if sys.stdin is None:  # started with stdin closed
+        raise UsageError(f"the {what} - is read from standard input, which is closed")
+    return sys.stdin.buffer.read().decode("utf-8", "surrogateescape").strip()
+
+
 def cmd_run(args) -> int:
+    args.goal = _text(args.goal, "goal")
     engine = _engine(args)
     budgets = _budgets(engine, args.budget)
     source = llm_source_for(check_goal(args.goal), engine.blueprint)
@@ -669,6 +680,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_answer(args) -> int:
+    args.text = _text(args.text, "answer")
     engine = _engine(args)
     _need_model(engine, args.swarm_id)  # before the answer is stored: stored, it cannot be given again
     engine.answer(args.swarm_id, args.node_id, args.text)

@@ -21,11 +21,12 @@ from swarm_core.store import StoreError
 DEMO_GOAL = json.loads((REPO / "blueprints/default/recordings/lisbon.json").read_text())["goal"]
 
 
-def swarm(*args, env=None, check=None, timeout=120):
+def swarm(*args, env=None, check=None, timeout=120, stdin=None):
     proc = subprocess.run(
         [sys.executable, "-m", "swarm_core.cli", *args],
         capture_output=True,
         text=True,
+        input=stdin,
         env={**CLEAN_ENV, **(env or {})},
         cwd=REPO,
         timeout=timeout,
@@ -461,6 +462,17 @@ def _waiting_swarm(stub, store: str) -> str:
     """A swarm run on the stub model until its node root.0.1 asks the user a question."""
     stub.responder = http_responder(asks_colour())
     return json.loads(swarm("run", "Write a and b", "--store", store, "--json", env={"OPENAI_BASE_URL": stub.base_url}, check=3).stdout)["swarm_id"]
+
+
+def test_a_goal_or_an_answer_given_as_a_dash_is_read_from_standard_input(stub, tmp_path):
+    store = f"file://{tmp_path}"
+    out = json.loads(swarm("run", "-", "--store", store, "--json", stdin=DEMO_GOAL + "\n", check=0).stdout)
+    assert out["status"] == "done" and out["usage"]["llm_calls"] == 7  # the recorded goal: read whole, not "-"
+    sid = _waiting_swarm(stub, store)
+    swarm("answer", sid, "root.0.1", "-", "--store", store, "--json", stdin="blue\n", env={"OPENAI_BASE_URL": stub.base_url}, check=0)
+    nodes = json.loads(swarm("snapshot", sid, "--json", "--store", store, check=0).stdout)["nodes"]
+    assert [n["answer"] for n in nodes if n["node_id"] == "root.0.1"] == ["blue"]
+    assert "the goal is empty" in swarm("run", "-", "--store", store, stdin="\n", check=2).stderr
 
 
 def test_answer_or_resume_without_the_swarms_model_is_refused_before_anything_is_stored(stub, tmp_path):
