@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, load_blueprint
+from .runtime import llm_configured
 
 TARGETS = ("load_goal", "execute_node")
 
@@ -65,8 +66,8 @@ def main_source() -> Path:
     return Path(spec.origin)
 
 
-def _store_uri(args) -> str:
-    uri = getattr(args, "store", None) or os.environ.get("SWARM_STORE") or load_blueprint(getattr(args, "blueprint", None)).stores.state
+def _store_uri(args, blueprint) -> str:
+    uri = getattr(args, "store", None) or os.environ.get("SWARM_STORE") or blueprint.stores.state
     if uri.startswith("memory://"):
         raise ConfigError("swarm serve runs two processes: use a store both see (file://, gs://, az://, s3://), not memory://")
     if uri.startswith("file://"):
@@ -159,7 +160,8 @@ def stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
 
 
 def cmd_serve(args) -> int:
-    store = _store_uri(args)
+    blueprint = load_blueprint(getattr(args, "blueprint", None))
+    store = _store_uri(args, blueprint)
     env = function_env(args.host, args.port, store=store, blueprint=getattr(args, "blueprint", None), threads=args.threads)
     procs, urls = start(args.host, args.port, env)
     stopping = False
@@ -180,6 +182,9 @@ def cmd_serve(args) -> int:
         print(f"  execute_node  {urls['execute_node']}", flush=True)
         print(f"""try: curl -X POST {urls['load_goal']}{auth} -H 'Content-Type: application/json' -d '{{"goal": "…"}}'""", flush=True)
         print(f"then: swarm status ID --store {store} · swarm tree ID --store {store}   (Ctrl-C stops both)", flush=True)
+    if not llm_configured(blueprint):  # the functions read this environment: every other goal would answer 500
+        print("swarm serve: no LLM configured: only the recorded demo goal runs; set OPENAI_API_KEY, or OPENAI_BASE_URL "
+              "for any OpenAI-compatible server, before `swarm serve`", file=sys.stderr, flush=True)
     code = 0
     while not stopping:
         if any(p.poll() is not None for p in procs):

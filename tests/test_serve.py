@@ -353,6 +353,22 @@ def test_swarm_serve_prints_both_urls_runs_a_goal_and_stops_both(stub, tmp_path)
     assert _free(port) and _free(port + 1)
 
 
+def test_swarm_serve_without_a_model_says_only_the_demo_goal_runs(tmp_path):
+    """Else the README's curl answers only `misconfigured deployment, incident …` for any other goal."""
+    port = free_port_pair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swarm_core.serve", "--port", str(port), "--store", f"file://{tmp_path}", "--json"],
+        env=CLEAN_ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert json.loads(proc.stdout.readline())["dispatcher"] == "http"  # started
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert stderr.startswith("swarm serve: no LLM configured: only the recorded demo goal runs; set OPENAI_API_KEY"), stderr
+
+
 def test_swarm_serve_refuses_a_memory_store(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "swarm_core.serve", "--store", "memory://x"],
