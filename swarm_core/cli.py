@@ -303,8 +303,7 @@ def render_tree(nodes: list[NodeRecord], title: str) -> Tree:
     counts: dict[str, int] = {}
     for n in nodes:
         counts[n.status] = counts.get(n.status, 0) + 1
-    summary = ", ".join(f"[{STYLE[s][1]}]{counts[s]} {s.replace('_', ' ')}[/]" for s in STYLE if s in counts)
-    tree = Tree(f"{title}\n{len(nodes)} nodes: {summary}" if nodes else title)
+    tree = Tree(f"{title}\n{len(nodes)} nodes: {_by_status(counts, styled=True)}" if nodes else title)
     branches: dict[str, Tree] = {}
     for n in nodes:
         icon, color = STYLE[n.status]
@@ -317,6 +316,15 @@ def render_tree(nodes: list[NodeRecord], title: str) -> Tree:
         parent = branches.get(n.blueprint.parent_id or "", tree)
         branches[n.node_id] = parent.add(label)
     return tree
+
+
+def _by_status(counts: dict[str, int], styled: bool = False) -> str:
+    """`2 running, 3 done`: the count of nodes per status, in the order a node goes through them."""
+    return ", ".join(
+        f"[{STYLE[s][1]}]{counts[s]} {s.replace('_', ' ')}[/]" if styled else f"{counts[s]} {s.replace('_', ' ')}"
+        for s in STYLE
+        if s in counts
+    )
 
 
 def _short(text: str, n: int) -> str:
@@ -555,7 +563,7 @@ def cmd_status(args) -> int:
     else:
         u = status["usage"]
         out.print(f"[bold]{status['swarm_id']}[/] {status['status']}  {escape(status['goal'])}", highlight=False)
-        out.print(f"nodes: {status['nodes']} {status['by_status']}  llm: {status['llm_source']}", highlight=False, markup=False)
+        out.print(f"{status['nodes']} nodes: {_by_status(status['by_status'])} · llm: {status['llm_source']}", highlight=False, markup=False)
         out.print(f"usage: {u['llm_calls']} LLM calls, {u['prompt_tokens']}+{u['completion_tokens']} tokens, {u['seconds']} s", highlight=False)
         for w in status["waiting"]:
             out.print(f"{w['node_id']} asks: {w['question']}", highlight=False, markup=False)

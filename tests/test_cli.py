@@ -61,6 +61,7 @@ def test_demo_runs_offline_from_the_shipped_recording(tmp_path):
     assert hist["events"][-1]["round"] == hist["events"][-2]["round"] == 2  # the root's final round
     status = json.loads(swarm("status", sid, "--json", "--store", store, check=0).stdout)
     assert status["status"] == "done" and status["nodes"] == 6
+    assert "\n6 nodes: 6 done · llm: recording:" in swarm("status", sid, "--store", store, check=0).stdout  # words, not a dict
     replay = json.loads(swarm("replay", sid, "--json", "--store", store, check=0).stdout)
     assert replay["identical"] is True and replay["replay_of"] == sid and replay["status"] == "done"
 
