@@ -259,14 +259,14 @@ def _load_dir(actions_dir: str) -> tuple[tuple[tuple[str, FolderSpec], ...], tup
     if folders_file.exists():
         try:
             table = tomllib.loads(folders_file.read_text(encoding="utf-8"))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - unreadable or not TOML: one line naming the file
             raise ActionError(f"action folders {folders_file}: {exc}") from None
         for fid, raw in table.items():
             try:
                 if not isinstance(raw, dict):
-                    raise ValueError("a folder is a [table], not a value")
+                    raise TypeError("a folder is a [table], not a value")
                 folders[fid] = FolderSpec(id=fid, **raw)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any wrong folder entry: one line naming it
                 raise ActionError(f"action folders {folders_file}: [{fid}] {_first_error(exc)}") from None
     actions: dict[str, dict[str, Any]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -281,7 +281,7 @@ def _load_dir(actions_dir: str) -> tuple[tuple[tuple[str, FolderSpec], ...], tup
                     found[f"{part}_schema"] = json.loads(schema_file.read_text(encoding="utf-8"))
             if (folder / "prompt.md").exists():
                 found["prompt"] = (folder / "prompt.md").read_text(encoding="utf-8")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - unreadable, not TOML or not JSON: one line naming the file
             raise ActionError(f"action {spec_file}: {exc}") from None
         if not found:
             continue  # not an action's folder

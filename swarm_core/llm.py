@@ -60,7 +60,7 @@ class LLMSettings(BaseModel):
 
 
 # o1, o3-mini, o4-mini, gpt-5, gpt-5.1, gpt-5-mini; a router's "openai/o3" too
-_REASONING_MODEL = re.compile(r"([\w.-]+/)?(o[1-9]|gpt-5)(?![0-9a-z])", re.I)
+_REASONING_MODEL = re.compile(r"([\w.-]+/)?(o[1-9]|gpt-5)(?![0-9a-z])", re.IGNORECASE)
 
 
 @dataclass
@@ -173,7 +173,7 @@ def _loads(text: str) -> Any:
     return json.loads(text, strict=False, parse_float=_finite, parse_constant=_no_constant)
 
 
-_THINKING = re.compile(r"\s*<think>.*?</think>", re.S | re.I)
+_THINKING = re.compile(r"\s*<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 
 
 def _without_thinking(text: str) -> str:

@@ -642,7 +642,7 @@ def test_resume_leaves_the_nodes_a_live_process_is_running_to_it(stub, tmp_path,
     or one while `swarm run` still runs, run no node twice."""
     store, gate = f"file://{tmp_path}", threading.Event()
     env = {**CLEAN_ENV, "OPENAI_BASE_URL": stub.base_url}
-    leaves = lambda: [r for r in stub.requests if r["response_format"]["json_schema"]["name"] == "write_text"]  # noqa: E731
+    leaves = lambda: [r for r in stub.requests if r["response_format"]["json_schema"]["name"] == "write_text"]
     if holder == "the run":
         _held_leaves(stub, gate)
         cmd = ["run", "six parts"]

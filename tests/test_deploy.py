@@ -154,7 +154,7 @@ def test_a_deployment_imports_nothing_its_requirements_do_not_install(requiremen
     """The cloud build installs only requirements.txt: what the code imports beyond it fails every call."""
     proc = subprocess.run(
         [sys.executable, "-c", ONLY_REQUIREMENTS, requirements, *DEPLOYED_IMPORTS[requirements]],
-        cwd=REPO, capture_output=True, text=True, timeout=120, env=CLEAN_ENV,
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=CLEAN_ENV, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
 

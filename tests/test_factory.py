@@ -377,7 +377,7 @@ def test_a_replay_saves_no_second_version_of_the_function_its_original_wrote():
     rid, _ = engine.load_goal(GOAL, llm_source=f"replay:{sid}", replay_of=sid)
     assert engine.dispatcher.wait(30) and engine.status(rid)["status"] == "done"
     assert engine.actions.versions("nth_prime") == [1]
-    reports = lambda s: [(n.node_id, n.report) for n in engine.nodes(s)]  # noqa: E731
+    reports = lambda s: [(n.node_id, n.report) for n in engine.nodes(s)]
     assert reports(rid) == reports(sid)
 
 

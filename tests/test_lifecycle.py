@@ -18,7 +18,6 @@ from swarm_core.engine import CorruptRecord, NotWaiting, SwarmError
 from swarm_core.models import Budgets, InvalidId, NodeBlueprint
 from swarm_core.store import StoreError
 
-
 DEFAULT_ACTIONS = Path(__file__).resolve().parent.parent / "blueprints" / "default" / "actions"
 
 
