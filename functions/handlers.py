@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from swarm_core.config import ConfigError, load_blueprint, without_userinfo
 from swarm_core.dispatchers import RemoteDispatcher, decode_pubsub_push, env_int, give_up, make_dispatcher
 from swarm_core.engine import Engine, SwarmError, check_goal
-from swarm_core.models import InvalidId, NodeBlueprint, check_swarm_id
+from swarm_core.models import InvalidId, NodeBlueprint, check_swarm_id, first_error
 from swarm_core.runtime import build_engine, llm_source_for
 
 MAX_BODY = 1024 * 1024
@@ -154,7 +154,7 @@ def _guard(call: Callable[[], Reply]) -> Reply:
     except InvalidId as exc:
         return Reply(400, {"error": "bad_request", "detail": str(exc)})
     except ValidationError as exc:
-        return Reply(400, {"error": "bad_request", "detail": _first_error(exc)})
+        return Reply(400, {"error": "bad_request", "detail": first_error(exc)})
     except SwarmError as exc:
         if exc.code >= 500:  # a corrupted record: its message names the store
             return _internal(exc)
@@ -172,12 +172,6 @@ def _internal(exc: Exception) -> Reply:
     logging.getLogger("swarm").error("invocation failed, incident %s: %s", incident, without_userinfo(f"{type(exc).__name__}: {exc}{trace}"))
     error, what = ("misconfigured", "misconfigured deployment") if isinstance(exc, ConfigError) else (ERRORS[500], "internal error")
     return Reply(500, {"error": error, "detail": f"{what}, incident {incident}: see the function's logs"})
-
-
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return f"{where}: {first['msg']}"
 
 
 # --- parsing and validation ----------------------------------------------------------------
@@ -328,7 +322,7 @@ def _execute_node(method, body, headers, fields, allow_async, trusted, attempt) 
     try:
         bp = NodeBlueprint.model_validate(data["node"])
     except ValidationError as exc:
-        raise Rejected(400, f"node.{_first_error(exc)}") from None
+        raise Rejected(400, f"node.{first_error(exc)}") from None
     fields.update(swarm_id=swarm_id, node_id=bp.node_id, action=bp.action, round=bp.round)
     eng = engine()
     if allow_async and "respond-async" in headers.get("prefer", "").lower():

@@ -24,7 +24,7 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .llm import LLMSession
-from .models import AskUser, ChildReport, Fail, NodeBlueprint, NodeRecord, Outcome, Result, Spawn, SwarmHeader, child_id
+from .models import AskUser, ChildReport, Fail, NodeBlueprint, NodeRecord, Outcome, Result, Spawn, SwarmHeader, child_id, first_error
 
 ROOT_FOLDER = "root"
 SUPERVISOR = "supervise"
@@ -166,7 +166,8 @@ class ActionSpace:
 
         Checks: ids well-formed and equal to their key, parents are folders (the root is
         implicit), no folder inside itself, names unique within a folder, schemas are valid
-        JSON Schema, folder fallbacks name routable actions. (space.py adds the checks that
+        JSON Schema, prompts name only what fills them, handlers import, folder fallbacks name
+        routable actions. (space.py adds the checks that
         need storage: every version and its code resolve.)"""
         out = []
         names: dict[tuple[str, str], str] = {}
@@ -194,6 +195,12 @@ class ActionSpace:
                     if problem:
                         out.append(f"{where} {part} is not valid JSON Schema: {problem}")
                 out.extend(f"{where} {p}" for p in _prompt_problems(e))
+                try:
+                    load_handler(e.handler)
+                    if e.type == "builtin" and e.entry:
+                        load_handler(e.entry)
+                except ActionError as exc:
+                    out.append(f"{where} {exc}")
         return out
 
     def _inside_itself(self, folder: str) -> bool:
@@ -218,20 +225,6 @@ def _prompt_problems(spec: ActionSpec) -> list[str]:
     if not unknown:
         return []
     return [f"prompt names {', '.join('{{' + n + '}}' for n in unknown)}, which nothing fills (it may use {', '.join(sorted(known))})"]
-
-
-def handler_problems(space: ActionSpace) -> list[str]:
-    """The actions whose handler (or builtin entry) cannot be imported, one line each."""
-    out = []
-    for key, entry in sorted(space.entries.items()):
-        if isinstance(entry, ActionSpec):
-            try:
-                load_handler(entry.handler)
-                if entry.type == "builtin" and entry.entry:
-                    load_handler(entry.entry)
-            except ActionError as exc:
-                out.append(f"{key}: {exc}")
-    return out
 
 
 def schema_problem(schema: dict[str, Any]) -> str | None:
@@ -294,10 +287,7 @@ def _load_dir(actions_dir: str) -> tuple[tuple[tuple[str, FolderSpec], ...], tup
 
 def _first_error(exc: Exception) -> str:
     """One line for a spec that does not validate: its first error, where it is."""
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc']) or '(top level)'}: {first['msg']}"
-    return str(exc)
+    return first_error(exc) if isinstance(exc, ValidationError) else str(exc)
 
 
 def render(template: str, variables: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Callable, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from . import cooperative
-from .actions import ActionError, ActionSpace, ActionSpec, NodeContext, handler_problems, run_action
+from .actions import ActionError, ActionSpace, ActionSpec, NodeContext, run_action
 from .config import ConfigError, SwarmBlueprint, load_recording
 from .dispatch import Dispatcher, local_dispatcher
 from .executor import ExecResult, FunctionError
@@ -52,6 +52,7 @@ from .models import (
     check_node_id,
     check_swarm_id,
     child_id,
+    first_error,
     new_swarm_id,
     now,
 )
@@ -135,8 +136,7 @@ class Engine:
         # The deployment's own actions: read from the actions store at every node invocation.
         self.actions = SpaceStore(self.stores.actions, self.space)
         # Fail at start-up, not on the first goal or the first subtask nothing fits.
-        problems = self.space.problems() + handler_problems(self.space)
-        if problems:
+        if problems := self.space.problems():
             folders = ", ".join(map(str, blueprint.action_paths))
             raise ConfigError(f"blueprint {blueprint.name} (actions from {folders}): {'; '.join(problems)}")
         if not isinstance(self.space.entries.get(blueprint.root_action), ActionSpec):
@@ -179,9 +179,7 @@ class Engine:
                 self._parsed[data] = parsed
             return parsed, version
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise CorruptRecord(f"corrupted record {key} in {store.uri}: {where}: {first['msg']}") from None
+            raise CorruptRecord(f"corrupted record {key} in {store.uri}: {first_error(exc)}") from None
 
     # --- reading ----------------------------------------------------------------
 

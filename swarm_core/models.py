@@ -11,7 +11,7 @@ import re
 import time
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError  # noqa: F401  (re-exported)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lowercase
 SWARM_ID = re.compile(r"sw_[0-9abcdefghjkmnpqrstvwxyz]{26}")  # fullmatch: `$` would let a final "\n" by
@@ -67,6 +67,13 @@ def now() -> str:
     if cached[0] != second:
         cached = _SECOND = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
     return f"{cached[1]}.{int((t - second) * 1000):03d}+00:00"
+
+
+def first_error(exc: ValidationError) -> str:
+    """A validation error in one line: its first problem, and where (`budgets.max_nodes: ...`)."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return f"{where}: {first['msg']}"
 
 
 class Model(BaseModel):

@@ -25,7 +25,7 @@ from typing import Any, Callable, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from . import cooperative
-from .actions import ACTION_ID, PYTHON_HANDLER, ROOT_FOLDER, ActionError, ActionSpace, ActionSpec, Entry, FolderSpec, handler_problems
+from .actions import ACTION_ID, PYTHON_HANDLER, ROOT_FOLDER, ActionError, ActionSpace, ActionSpec, Entry, FolderSpec
 from .models import now
 from .sandbox import TestReport
 from .store import KeyNotFound, Store, StoreError
@@ -230,7 +230,7 @@ class SpaceStore:
                 out.append(f"{key}: a stored entry has the id of a built-in (the built-in wins)")
             elif isinstance(entry, ActionSpec):
                 out.extend(f"{key}: {p}" for p in self._resolve(entry))
-        return out + handler_problems(self.builtins)
+        return out
 
     # --- internals --------------------------------------------------------------
 
