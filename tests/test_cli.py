@@ -195,18 +195,25 @@ def test_a_setting_naming_what_does_not_exist_is_refused_at_start(tmp_path, sett
     assert needle.format(file=file, dir=tmp_path) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def _refused_with_actions(tmp_path, files: dict[str, str], start: str, needle: str) -> None:
+    """A blueprint stacking `tmp_path/actions` (holding `files`) on the default actions is refused
+    by any command, in one line starting `swarm: error: {start}` and holding `needle`."""
+    for name, text in files.items():
+        (tmp_path / "actions" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "actions" / name).write_text(text)
+    file = tmp_path / "blueprint.toml"
+    file.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions", "actions"]\n')
+    proc = swarm("list", "--blueprint", str(file), "--store", f"file://{tmp_path}/s", check=2)
+    assert proc.stderr.startswith(f"swarm: error: {start}")
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 @pytest.mark.parametrize(
     "folders, needle",
     [('[x]\nnme = "X"\n', "[x] name: Field required"), ("[x\n", "Expected ']'"), ('x = "X"\n', "[x] a folder is a [table]")],
 )
 def test_a_bad_folders_toml_is_one_line_naming_the_file(tmp_path, folders, needle):
-    (tmp_path / "actions").mkdir()
-    (tmp_path / "actions" / "folders.toml").write_text(folders)
-    file = tmp_path / "blueprint.toml"
-    file.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions", "actions"]\n')
-    proc = swarm("list", "--blueprint", str(file), "--store", f"file://{tmp_path}/s", check=2)
-    assert proc.stderr.startswith(f"swarm: error: action folders {tmp_path}/actions/folders.toml: ")
-    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    _refused_with_actions(tmp_path, {"folders.toml": folders}, f"action folders {tmp_path}/actions/folders.toml: ", needle)
 
 
 @pytest.mark.parametrize(
@@ -221,14 +228,8 @@ def test_a_bad_folders_toml_is_one_line_naming_the_file(tmp_path, folders, needl
     ],
 )
 def test_an_action_the_blueprint_gets_wrong_is_refused_at_start(tmp_path, files, needle):
-    for name, text in files.items():
-        (tmp_path / "actions" / "write_text").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "actions" / "write_text" / name).write_text(text)
-    file = tmp_path / "blueprint.toml"
-    file.write_text(f'action_dirs = ["{REPO}/blueprints/default/actions", "actions"]\n')
-    proc = swarm("list", "--blueprint", str(file), "--store", f"file://{tmp_path}/s", check=2)
-    assert proc.stderr.startswith(f"swarm: error: blueprint default (actions from {REPO}/blueprints/default/actions, {tmp_path}/actions): ")
-    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    start = f"blueprint default (actions from {REPO}/blueprints/default/actions, {tmp_path}/actions): "
+    _refused_with_actions(tmp_path, {f"write_text/{name}": text for name, text in files.items()}, start, needle)
 
 
 @pytest.mark.parametrize(
